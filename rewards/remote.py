@@ -1,0 +1,97 @@
+"""HTTP client of a reward server (rewards.server, scripts/serve_reward_model.py).
+
+POST {url}/score with {"prompts": [...], "responses": [...], "labels": [...]} and
+read {"scores": [...]}, batch_size samples per request. Connection errors, timeouts
+and 5xx answers are retried with exponential backoff; 4xx answers and malformed
+replies fail at once. Standard library only.
+
+As a reward spec: RewardSpec("rm", "remote", kwargs={"url": "http://127.0.0.1:8000"}).
+"""
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from rewards.registry import register_reward
+from rewards.types import RewardError
+
+
+class RemoteRewardClient:
+    """Scores (prompt, response, label) triples on a reward server."""
+
+    def __init__(self, url: str, batch_size: int = 32, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"reward server url must look like http://host:port, got {url!r}")
+        base = url.rstrip("/")
+        self.url = base if parts.path.rstrip("/").endswith("/score") else base + "/score"  # POST target
+        self.batch_size = batch_size  # samples per request
+        self.timeout_s = timeout_s  # per request
+        self.retries = retries  # extra attempts after the first, per request
+        self.backoff_s = backoff_s  # sleep before retry k is backoff_s * 2**k
+
+    def score(self, prompts: list[str], responses: list[str], labels: list) -> list[float]:
+        """One score per response, in order."""
+        if not (len(prompts) == len(responses) == len(labels)):
+            raise ValueError(f"got {len(prompts)} prompts, {len(responses)} responses, {len(labels)} labels")
+        out: list[float] = []
+        for s in range(0, len(responses), self.batch_size):
+            e = s + self.batch_size
+            body = {"prompts": list(prompts[s:e]), "responses": list(responses[s:e]), "labels": list(labels[s:e])}
+            scores = self._post(body).get("scores")
+            n = len(body["responses"])
+            if not isinstance(scores, list) or len(scores) != n:
+                raise RewardError(f"reward server at {self.url} returned {_short(scores)} instead of {n} scores")
+            for x in scores:
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                    raise RewardError(f"reward server at {self.url} returned a non-numeric score {x!r}")
+            out.extend(float(x) for x in scores)
+        return out
+
+    def _post(self, body: dict) -> dict:
+        data = json.dumps(body, default=str).encode()
+        req = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+        cause = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    raw = resp.read()
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:300].decode(errors="replace")
+                if e.code < 500:  # our request is wrong: retrying will not help
+                    raise RewardError(f"reward server at {self.url} rejected the request: HTTP {e.code} {detail}") from None
+                cause = f"HTTP {e.code} {detail}"
+                continue
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                reason = getattr(e, "reason", e)
+                cause = f"{type(reason).__name__}: {reason}"
+                continue
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise RewardError(f"reward server at {self.url} answered with invalid JSON: {raw[:200]!r}") from None
+        raise RewardError(f"reward server at {self.url} unreachable after {self.retries + 1} attempt(s): {cause}")
+
+
+def _short(x) -> str:
+    r = repr(x)
+    return r if len(r) < 100 else r[:97] + "..."
+
+
+@functools.lru_cache(maxsize=16)
+def _client(url: str, batch_size: int, timeout_s: float, retries: int, backoff_s: float) -> RemoteRewardClient:
+    return RemoteRewardClient(url, batch_size, timeout_s, retries, backoff_s)
+
+
+@register_reward("remote", batch=True)
+def remote(responses: list[str], labels: list, *, prompts: list[str], url: str, batch_size: int = 32, timeout_s: float = 10.0, retries: int = 3, backoff_s: float = 0.5) -> list[float]:
+    """Scores from the reward server at `url` (a batch function: one call per batch)."""
+    return _client(url, batch_size, timeout_s, retries, backoff_s).score(prompts, responses, labels)

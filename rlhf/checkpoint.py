@@ -1,0 +1,69 @@
+"""Atomic checkpoints: a crash mid-write leaves the previous one intact.
+
+A checkpoint is a folder `step-000012/` written as `step-000012.tmp/` and renamed
+when complete (rename is atomic on POSIX); `COMPLETE` inside marks it. Resume
+picks the newest folder that has it. Controller state is JSON (no pickles);
+worker states are written by the workers into sub-folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+MARKER = "COMPLETE"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def staging_dir(run_dir: Path, step: int) -> Path:
+    path = checkpoint_root(run_dir) / f"step-{step:06d}.tmp"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def commit(staging: Path, state: dict, keep: int) -> Path:
+    """Write the controller state, mark complete, rename into place, prune old ones."""
+    (staging / "state.json").write_text(json.dumps(state, indent=1))
+    (staging / MARKER).write_text("ok")
+    _fsync_dir(staging)
+    final = staging.with_suffix("")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    _fsync_dir(final.parent)
+    _prune(final.parent, keep)
+    return final
+
+
+def latest(run_dir: Path) -> Path | None:
+    root = checkpoint_root(run_dir)
+    if not root.exists():
+        return None
+    done = sorted(p for p in root.glob("step-*") if p.suffix != ".tmp" and (p / MARKER).exists())
+    return done[-1] if done else None
+
+
+def read_state(ckpt: Path) -> dict:
+    if not (ckpt / MARKER).exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} is incomplete (no {MARKER} marker)")
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.glob("step-*") if p.suffix != ".tmp" and (p / MARKER).exists())
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob("step-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

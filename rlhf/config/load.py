@@ -1,0 +1,151 @@
+"""Load a recipe: schema defaults <- recipe YAML <- dotted command-line overrides.
+
+    cfg = load_config("recipes/ppo_tiny.yaml", ["actor.lr=1e-5", "run.total_steps=3"])
+
+Every mistake a user can make in a recipe surfaces here, before any worker starts,
+as a ConfigError that names the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlhf.config.schema import RunConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot run; the message names the key."""
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    schema = OmegaConf.structured(RunConfig)
+    layers = [schema]
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        layers.append(_read_yaml(path))
+    layers.append(_parse_overrides(overrides))
+    try:
+        merged = OmegaConf.merge(*layers)
+        cfg: RunConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path):
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # yaml errors carry line/column
+        raise ConfigError(f"cannot parse recipe {path}: {err}") from None
+
+
+def _parse_overrides(overrides: Sequence[str]):
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    first_line = str(err).splitlines()[0]
+    if "Key" in first_line and "not in" in first_line:
+        return f"unknown config key '{key}' ({first_line})"
+    return f"bad value for config key '{key}': {first_line}" if key else first_line
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+# ---------------------------------------------------------------- validation
+_CHOICES = {
+    "run.resume": None,  # free-form: never | auto | path
+    "data.template": ("plain", "chat"),
+    "model.dtype": ("auto", "bf16", "fp32"),
+    "algorithm.kl.controller": ("fixed", "adaptive"),
+    "reward.on_error": ("fail", "score"),
+    "sync.transport": ("auto", "shm", "process_group"),
+    "cluster.placement": ("colocated", "split"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Semantic checks the schema's types cannot express."""
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if allowed and value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {list(allowed)}")
+    _check_registries(cfg)
+    _check_batch_arithmetic(cfg)
+    _check_ranges(cfg)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_registries(cfg: RunConfig) -> None:
+    from rlhf.algorithms import ADV_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+
+    algo = cfg.algorithm
+    for key, value, registry in (
+        ("algorithm.adv_estimator", algo.adv_estimator, ADV_ESTIMATORS),
+        ("algorithm.policy_loss", algo.policy_loss, POLICY_LOSSES),
+        ("algorithm.kl.estimator", algo.kl.estimator, KL_ESTIMATORS),
+        ("algorithm.kl.loss_estimator", algo.kl.loss_estimator, KL_ESTIMATORS),
+    ):
+        if value not in registry:
+            raise ConfigError(f"config key '{key}' is {value!r}; registered: {sorted(registry.names())}")
+    modes = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    if algo.loss_agg_mode not in modes:
+        raise ConfigError(f"config key 'algorithm.loss_agg_mode' is {algo.loss_agg_mode!r}; expected one of {list(modes)}")
+
+
+def _check_batch_arithmetic(cfg: RunConfig) -> None:
+    t, batch = cfg.train, cfg.rollout_batch_size
+    if batch % t.mini_batch_size:
+        raise ConfigError(
+            f"config key 'train.mini_batch_size' ({t.mini_batch_size}) must divide the rollout batch "
+            f"train.prompts_per_step x rollout.n = {t.prompts_per_step} x {cfg.rollout.n} = {batch}")
+    roles = [("actor", cfg.actor)] + ([("critic", cfg.critic)] if cfg.algorithm.uses_critic else [])
+    for role, section in roles:
+        per_step = section.num_workers * t.micro_batch_size
+        if t.mini_batch_size % per_step:
+            raise ConfigError(
+                f"config key 'train.mini_batch_size' ({t.mini_batch_size}) must be a multiple of "
+                f"{role}.num_workers x train.micro_batch_size = {section.num_workers} x {t.micro_batch_size}")
+    if batch % cfg.rollout.num_workers:
+        raise ConfigError(f"config key 'rollout.num_workers' ({cfg.rollout.num_workers}) must divide the rollout batch ({batch})")
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    positive = {
+        "run.total_steps": cfg.run.total_steps, "rollout.n": cfg.rollout.n,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens, "train.prompts_per_step": cfg.train.prompts_per_step,
+        "train.ppo_epochs": cfg.train.ppo_epochs, "train.micro_batch_size": cfg.train.micro_batch_size,
+        "actor.num_workers": cfg.actor.num_workers, "rollout.num_workers": cfg.rollout.num_workers,
+        "data.max_prompt_tokens": cfg.data.max_prompt_tokens, "sync.bucket_mb": cfg.sync.bucket_mb,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0 (got {value})")
+    for key, stage in (("actor.zero_stage", cfg.actor.zero_stage), ("critic.zero_stage", cfg.critic.zero_stage),
+                       ("reference.zero_stage", cfg.reference.zero_stage)):
+        if stage not in (0, 1, 2, 3):
+            raise ConfigError(f"config key '{key}' must be 0, 1, 2 or 3 (got {stage})")
+    if cfg.algorithm.dual_clip is not None and cfg.algorithm.dual_clip <= 1:
+        raise ConfigError(f"config key 'algorithm.dual_clip' must be > 1 (got {cfg.algorithm.dual_clip})")
+    if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "rloo", "reinforce++-baseline"):
+        raise ConfigError(f"config key 'rollout.n' must be >= 2 for algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} (group baseline)")

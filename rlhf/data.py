@@ -1,0 +1,128 @@
+"""Prompt datasets: load, template, tokenize, filter by length, sample resumably.
+
+Sources: a JSONL / JSON / Parquet file, a folder written by `Dataset.save_to_disk`,
+or a "tiny:<name>" artifact of the tiny-model kit. Prompts longer than the budget
+are dropped and counted (the count is logged), never silently truncated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the file and row/column."""
+
+
+@dataclass
+class PromptSet:
+    prompt_ids: list[list[int]]        # token ids per kept row
+    prompts: list[str]                 # rendered prompt text per kept row
+    labels: list[Any]                  # ground truth per kept row (None if no label column)
+    columns: dict[str, list]           # every other dataset column, per kept row
+    dropped_too_long: int              # rows over data.max_prompt_tokens
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def rows(self, indices: list[int]) -> "PromptSet":
+        pick = lambda xs: [xs[i] for i in indices]  # noqa: E731
+        return PromptSet(pick(self.prompt_ids), pick(self.prompts), pick(self.labels),
+                         {k: pick(v) for k, v in self.columns.items()}, 0, self.source)
+
+
+def load_rows(path: str):
+    """A `datasets.Dataset` from a local file or saved-dataset folder."""
+    import datasets
+
+    from rlhf.tiny import resolve
+
+    resolved = Path(resolve(path))
+    if not resolved.exists():
+        raise DataError(f"dataset not found: {path}" + (f" (resolved to {resolved})" if str(resolved) != path else ""))
+    try:
+        if resolved.is_dir():
+            return datasets.load_from_disk(str(resolved))
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(resolved.suffix)
+        if kind is None:
+            raise DataError(f"dataset {resolved}: unsupported file type {resolved.suffix!r} (use .jsonl, .json, .parquet, .csv)")
+        return datasets.load_dataset(kind, data_files=str(resolved), split="train")
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+
+
+def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -> str:
+    value = row.get(data_cfg.prompt_key)
+    if value is None:
+        raise DataError(f"{source} row {row_index}: no prompt key {data_cfg.prompt_key!r} "
+                        f"(columns: {sorted(row)}); set data.prompt_key")
+    if data_cfg.template == "chat":
+        messages = value if isinstance(value, list) else [{"role": "user", "content": str(value)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{source} row {row_index}: empty or non-text prompt in column {data_cfg.prompt_key!r}")
+    return data_cfg.prompt_template.replace("{prompt}", value)
+
+
+def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> PromptSet:
+    """Load, render and tokenize prompts; drop (and count) the ones over budget."""
+    table = load_rows(path)
+    if limit is not None:
+        table = table.select(range(min(limit, len(table))))
+    if len(table) == 0:
+        raise DataError(f"dataset {path} has no rows")
+    other = [c for c in table.column_names if c not in (data_cfg.prompt_key, data_cfg.label_key)]
+    out = PromptSet([], [], [], {c: [] for c in other}, 0, path)
+    for i, row in enumerate(table):
+        text = render_prompt(row, data_cfg, tokenizer, i, path)
+        ids = tokenizer.encode(text, add_special_tokens=data_cfg.template != "chat")
+        if len(ids) > data_cfg.max_prompt_tokens:
+            out.dropped_too_long += 1
+            continue
+        out.prompt_ids.append(ids)
+        out.prompts.append(text)
+        out.labels.append(row.get(data_cfg.label_key))
+        for c in other:
+            out.columns[c].append(row[c])
+    if not out.prompt_ids:
+        raise DataError(f"dataset {path}: all {out.dropped_too_long} prompts exceed data.max_prompt_tokens="
+                        f"{data_cfg.max_prompt_tokens}")
+    return out
+
+
+class PromptSampler:
+    """Epoch-wise seeded shuffling with a position that checkpoints and resumes exactly."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True):
+        if batch_size > size:
+            raise DataError(f"train.prompts_per_step={batch_size} exceeds the {size} usable prompts")
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return torch.randperm(self.size, generator=gen).tolist()
+
+    def next_indices(self) -> list[int]:
+        if self.cursor + self.batch_size > self.size:  # drop the ragged tail, start a new epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+        order = self._order()
+        picked = order[self.cursor: self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return picked
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size:
+            raise DataError(f"checkpoint was taken on a dataset of {state['size']} prompts; this one has {self.size}")
+        self.epoch, self.cursor = state["epoch"], state["cursor"]

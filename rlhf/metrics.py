@@ -1,0 +1,132 @@
+"""Run outputs: metrics.jsonl, optional trackers, console progress, phase timers."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class PhaseTimer:
+    """`with timer("generate"):` records timing/generate in seconds."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"timing/{phase}"] = self.times.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        out, self.times = self.times, {}
+        return out
+
+
+def _clean(value):
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to metrics.jsonl and forwards to trackers.
+
+    On resume, lines of steps after the checkpoint are dropped first, so the file
+    reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, trackers: list[str], config: dict, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.trackers = [make_tracker(name, run_dir, config) for name in trackers]
+
+    def log(self, step: int, metrics: dict) -> None:
+        record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def progress_line(step: int, total: int, metrics: dict) -> str:
+    keys = [("reward", "rollout/reward_mean"), ("eval", "eval/reward_mean"), ("kl", "kl/mean"),
+            ("len", "rollout/response_length"), ("clip", "actor/pg_clipfrac"), ("s/step", "timing/step")]
+    shown = " ".join(f"{name}={metrics[key]:.3f}" for name, key in keys if key in metrics)
+    width = 20
+    done = int(width * step / max(total, 1))
+    return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} {shown}"
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- trackers
+class _TensorBoard:
+    def __init__(self, run_dir: Path, config: dict):
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step, metrics):
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self):
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, run_dir: Path, config: dict):
+        import wandb
+        self.run = wandb.init(project="rlhf", dir=str(run_dir), config=config, name=run_dir.name)
+
+    def log(self, step, metrics):
+        self.run.log(metrics, step=step)
+
+    def close(self):
+        self.run.finish()
+
+
+class _MLflow:
+    def __init__(self, run_dir: Path, config: dict):
+        import mlflow
+        self.mlflow = mlflow
+        mlflow.start_run(run_name=run_dir.name)
+
+    def log(self, step, metrics):
+        self.mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
+
+    def close(self):
+        self.mlflow.end_run()
+
+
+TRACKERS = {"tensorboard": (_TensorBoard, "tensorboard"), "wandb": (_WandB, "wandb"), "mlflow": (_MLflow, "mlflow")}
+
+
+def make_tracker(name: str, run_dir: Path, config: dict):
+    if name not in TRACKERS:
+        raise ValueError(f"config key 'run.trackers': unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
+    cls, package = TRACKERS[name]
+    try:
+        return cls(run_dir, config)
+    except ImportError:
+        raise RuntimeError(f"tracker {name!r} needs the '{package}' package: pip install {package} "
+                           f"(or remove it from run.trackers)") from None

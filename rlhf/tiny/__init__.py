@@ -1,0 +1,11 @@
+"""The tiny-model kit: tokenizer, models and data made locally, cached, never fetched.
+
+    from rlhf.tiny import resolve
+    resolve("tiny:policy")       # -> path of the warm-started policy, built on first use
+
+Artifacts live in $RLHF_CACHE_DIR (default ~/.cache/rlhf)/tiny-<spec hash>; a change
+of the spec below builds a new set. `python scripts/make_tiny_models.py` builds them ahead.
+"""
+from rlhf.tiny.kit import ARTIFACTS, SPEC, build_all, is_tiny, resolve
+
+__all__ = ["ARTIFACTS", "SPEC", "build_all", "is_tiny", "resolve"]

@@ -1,0 +1,22 @@
+"""Build the tiny-model kit ahead of time (it is also built on first use).
+
+Makes a character-level tokenizer (trained with `tokenizers`), a ~1M-parameter
+Llama policy warm-started briefly on integer addition, a random-init copy, a
+sequence-scorer backbone, and the task's train/eval/SFT data, all in the cache
+folder printed at the end. Deterministic for a given spec; nothing is downloaded.
+
+    python scripts/make_tiny_models.py [--force]
+"""
+import argparse
+import shutil
+
+from rlhf.tiny import build_all
+from rlhf.tiny.kit import cache_root
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args()
+    if args.force:
+        shutil.rmtree(cache_root(), ignore_errors=True)
+    print(build_all())

@@ -1,0 +1,61 @@
+"""scripts/serve_reward_model.py on a tiny random Llama reward model built here
+(char-level tokenizer, safetensors), served on loopback."""
+import importlib.util
+import string
+import threading
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "serve_reward_model.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("serve_reward_model", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_rm")
+    chars = string.digits + string.ascii_letters + "+=?. "
+    vocab = {"<pad>": 0, "<unk>": 1, "<eos>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), behavior="isolated")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0)
+    model = transformers.LlamaForSequenceClassification(cfg)
+    model.save_pretrained(path, safe_serialization=True)
+    assert any(path.glob("*.safetensors"))
+    return path, model.eval(), tok
+
+
+def test_scores_read_at_last_non_pad_token_and_served(tiny_rm):
+    path, model, tok = tiny_rm
+    mod = load_script()
+    scorer = mod.load_scorer(str(path), batch_size=3)
+    prompts = ["1+1=", "12+30=", "7+8=", "100+1="]
+    responses = ["2", "42", "15 is it", "101"]
+    got = scorer(prompts, responses, [None] * 4)
+    with torch.no_grad():  # each sequence alone: no padding at all
+        want = [model(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(prompts, responses)]
+    assert got == pytest.approx(want, abs=1e-5)
+
+    from rewards import RemoteRewardClient
+
+    server = mod.make_server(scorer, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        assert RemoteRewardClient(server.url, batch_size=2).score(prompts, responses, [None] * 4) == pytest.approx(want, abs=1e-5)
+    finally:
+        server.shutdown()
+        server.server_close()

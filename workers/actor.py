@@ -1,0 +1,96 @@
+"""The policy trainer: log-probs of sampled responses and the PPO-family update.
+
+Verbs: compute_logprobs, update, save / load / save_hf, and (in-process, for the weight
+sync) named_weights_for_sync. The loss terms come from rlhf.algorithms; this file only
+decides which terms apply and how they are normalised across micro-batches and ranks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rlhf.algorithms import (
+    POLICY_LOSSES,
+    entropy_loss,
+    kl_loss,
+    truncated_is_weights,
+)
+from rlhf.batch import Batch
+from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
+from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, micro_batches, response_logprobs
+
+
+class ActorWorker(DeepSpeedTrainer):
+    role = "actor"
+
+    def __init__(self, model_path: str, trainer_cfg: TrainerSection, algo_cfg: AlgorithmSection,
+                 train_cfg: TrainSection, seed: int = 1, dtype: str = "auto") -> None:
+        super().__init__(model_path, trainer_cfg, train_cfg, seed=seed, dtype=dtype)
+        self.algo = algo_cfg
+
+    def load_model(self, dtype: torch.dtype):
+        return load_causal_lm(self.model_path, dtype)
+
+    @torch.no_grad()
+    def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
+        """Log-probs of this rank's response tokens (no grad, micro-batched, logits / temperature).
+
+        ZeRO-3: collective, every rank must call it with the same number of rows.
+        Shape: batch (b, P+R) -> (b, R) float32 on CPU.
+        """
+        self.engine.eval()
+        out = [response_logprobs(self.engine, mb, temperature, device=self.device)[0].cpu()
+               for mb in micro_batches(batch, self.train_cfg.micro_batch_size)]
+        return torch.cat(out)
+
+    def update(self, batch: Batch, temperature: float = 1.0, kl_coef: float | None = None) -> dict[str, float]:
+        """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes).
+
+        Needs batch.old_logprobs and batch.advantages; batch.ref_logprobs if the KL loss
+        is on (kl_coef, default algorithm.kl.loss_coef, > 0); batch.rollout_logprobs if
+        truncated IS is on (algorithm.tis_cap). Returns the same metrics on every rank.
+        """
+        algo = self.algo
+        kl_coef = algo.kl.loss_coef if kl_coef is None else kl_coef
+        if batch.old_logprobs is None or batch.advantages is None:
+            raise ValueError("actor update needs batch.old_logprobs and batch.advantages")
+        if kl_coef > 0 and batch.ref_logprobs is None:
+            raise ValueError("the KL loss (kl_coef > 0) needs batch.ref_logprobs")
+        if algo.tis_cap is not None and batch.rollout_logprobs is None:
+            raise ValueError("truncated IS (algorithm.tis_cap) needs batch.rollout_logprobs")
+        policy_loss = POLICY_LOSSES.get(algo.policy_loss)
+
+        def loss_fn(mb: Batch, n_tokens: Tensor, n_seqs: Tensor, stats) -> Tensor:
+            mask = mb.response_mask.to(self.device)
+            agg = dict(agg_mode=algo.loss_agg_mode, global_token_count=n_tokens, global_seq_count=n_seqs,
+                       norm_length=mb.response_len)
+            logprobs, entropy = response_logprobs(self.engine, mb, temperature, device=self.device,
+                                                  entropy=True, entropy_grad=algo.entropy_coef != 0)
+            old = mb.old_logprobs.to(self.device)
+            is_weights = None
+            if algo.tis_cap is not None:
+                is_weights = truncated_is_weights(old, mb.rollout_logprobs.to(self.device), mask, algo.tis_cap)
+            pg_loss, pg_metrics = policy_loss(
+                logprobs, old, mb.advantages.to(self.device), mask, clip_low=algo.clip_low,
+                clip_high=algo.clip_high, dual_clip=algo.dual_clip, is_weights=is_weights, **agg)
+            loss = pg_loss
+            ent = entropy_loss(entropy, mask, **agg)
+            if algo.entropy_coef:
+                loss = loss - algo.entropy_coef * ent
+            if kl_coef > 0:
+                kl = kl_loss(logprobs, mb.ref_logprobs.to(self.device), mask, algo.kl.loss_estimator, **agg)
+                loss = loss + kl_coef * kl
+                stats.add("share", "actor/kl_loss", kl.detach())
+            stats.add("share", "actor/pg_loss", pg_loss.detach())
+            stats.add("share", "actor/entropy", ent.detach())
+            for name, value in pg_metrics.items():
+                stats.add("mean", f"actor/{name}", value)
+            return loss
+
+        return self._train(batch, self.train_cfg.ppo_epochs, loss_fn)
+
+    def sync_weights(self, *args, **kwargs):
+        """Hook for the trainer -> rollout weight sync (rank 0 sends
+        `named_weights_for_sync()` through a workers.weight_sync.WeightSender; every
+        rank must iterate it under ZeRO-3). Wired by the controller's owner."""
+        raise NotImplementedError("ActorWorker.sync_weights is not wired yet")

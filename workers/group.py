@@ -1,0 +1,150 @@
+"""N Ray actors of one role forming their own torch.distributed world.
+
+    group = WorkerGroup(ActorWorker, 2, num_cpus=0.5, num_gpus=0, name="actor",
+                        init_kwargs=dict(model_path=..., trainer_cfg=..., ...))
+    logprobs = group.gather_cat(group.call_split("compute_logprobs", batch, temperature=1.0))
+    metrics = group.gather(group.call_all("update", batch_part, ...))[0]
+
+Start-up is two-phase so that the world can be wired before any heavy work: the
+actors are created (constructors only store their arguments), rank 0 reports its
+node IP and a free port there, then every rank runs `init_process`, which joins the
+world (gloo on CPU, NCCL on GPU: `workers.device`) and builds the model. A role class
+follows that protocol by deriving from `workers.trainer_base.RankWorker`.
+
+Errors never hang the caller: `gather` waits on all ranks at once and raises
+`WorkerError` naming role, rank and method as soon as ANY rank fails or dies, even
+while its peers still block in a collective. Such a group is broken: `kill()` it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlhf.batch import Batch, cat_rows
+from workers import device as dev
+
+
+class WorkerError(RuntimeError):
+    """A rank of a worker group failed, died or timed out."""
+
+
+class RankRefs(list):
+    """The per-rank ObjectRefs of one call (a plain list for `ray.get`), remembering the method."""
+
+    def __init__(self, refs, method: str):
+        super().__init__(refs)
+        self.method = method
+
+
+class WorkerGroup:
+    def __init__(
+        self,
+        role_cls: type,
+        num_workers: int,
+        *,
+        num_cpus: float,
+        num_gpus: float = 0.0,
+        placement_group=None,
+        bundle_indices: list[int] | None = None,
+        init_kwargs: dict | None = None,
+        name: str | None = None,
+        init_timeout: float | None = 600.0,
+    ):
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if bundle_indices is not None and len(bundle_indices) != num_workers:
+            raise ValueError(f"{len(bundle_indices)} bundle indices for {num_workers} workers")
+        self.role = name or role_cls.__name__
+        self.world_size = num_workers
+        remote_cls = ray.remote(role_cls)
+        self.actors = []
+        for rank in range(num_workers):
+            options: dict[str, Any] = dict(dev.ray_resources(num_cpus, num_gpus), max_restarts=0)
+            if placement_group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group,
+                    placement_group_bundle_index=bundle_indices[rank] if bundle_indices else rank,
+                )
+            self.actors.append(remote_cls.options(**options).remote(**(init_kwargs or {})))
+
+        # Phase 2: wire the world. The master is rank 0's node; the port is free there.
+        master_addr, master_port = self.gather(RankRefs([self.actors[0].master_address.remote()],
+                                                        "master_address"), timeout=init_timeout)[0]
+        node_ips = self.gather(self.call_all("node_ip"), timeout=init_timeout)
+        refs = RankRefs([
+            actor.init_process.remote(rank, num_workers, node_ips[:rank].count(node_ips[rank]),
+                                      master_addr, master_port)
+            for rank, actor in enumerate(self.actors)
+        ], "init_process")
+        try:
+            self.gather(refs, timeout=init_timeout)
+        except WorkerError:
+            self.kill()
+            raise
+
+    # ---------------------------------------------------------------- calls
+    def call_all(self, method: str, *args, **kwargs) -> RankRefs:
+        """Call `method` with the same arguments on every rank; one ref per rank."""
+        return RankRefs([getattr(a, method).remote(*args, **kwargs) for a in self.actors], method)
+
+    def call_split(self, method: str, batch: Batch, **kwargs) -> RankRefs:
+        """Call `method(chunk, **kwargs)` with rank r getting the r-th of `world_size`
+        equal contiguous chunks of `batch` (its size must divide evenly)."""
+        chunks = batch.chunks(self.world_size)
+        return RankRefs([getattr(a, method).remote(c, **kwargs) for a, c in zip(self.actors, chunks)], method)
+
+    def gather(self, refs: list, timeout: float | None = None) -> list:
+        """Results of per-rank refs, in rank order.
+
+        Waits on all ranks together and raises `WorkerError` at the first failure
+        (task error, dead actor) or after `timeout` seconds, without waiting for
+        the other ranks, which may be stuck in a collective with the failed one.
+        """
+        method = getattr(refs, "method", "?")
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                ranks = sorted(rank_of[r] for r in pending)
+                raise WorkerError(f"{self.role} ranks {ranks} timed out after {timeout}s in {method}")
+            for ref in ready:
+                rank = rank_of[ref]
+                try:
+                    results[rank] = ray.get(ref)
+                except RayTaskError as err:
+                    cause = err.cause if getattr(err, "cause", None) is not None else err
+                    raise WorkerError(f"{self.role} rank {rank} failed in {method}: "
+                                      f"{type(cause).__name__}: {cause}") from err
+                except (RayError, GetTimeoutError) as err:  # actor died, unreachable, ...
+                    raise WorkerError(f"{self.role} rank {rank} failed in {method}: "
+                                      f"{type(err).__name__}: {err}") from err
+        return [results[rank] for rank in range(len(refs))]
+
+    def gather_cat(self, refs: list, timeout: float | None = None):
+        """`gather`, then concatenate per-rank tensors along the batch dim (rank order)."""
+        return cat_rows(self.gather(refs, timeout))
+
+    def run_all(self, method: str, *args, timeout: float | None = None, **kwargs) -> list:
+        """call_all + gather."""
+        return self.gather(self.call_all(method, *args, **kwargs), timeout)
+
+    def run_split(self, method: str, batch: Batch, *, timeout: float | None = None, **kwargs):
+        """call_split + gather_cat (for verbs returning per-row tensors)."""
+        return self.gather_cat(self.call_split(method, batch, **kwargs), timeout)
+
+    def kill(self) -> None:
+        """End every rank's process (no graceful shutdown: use after a failure or at the end)."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.actors = []

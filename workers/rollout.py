@@ -1,0 +1,164 @@
+"""The rollout role: one vLLM engine that samples responses from token ids.
+
+A plain class; the worker group wraps it with `ray.remote(RolloutWorker)`. Verbs:
+`generate`, `score_sequences`, `weight_version`, `sleep`/`wake_up`, `ready`, and the
+receive side of the weight sync (`init_weight_receiver`, `receive_bucket`,
+`finish_weight_update`), driven by `workers.weight_sync.WeightSender`.
+
+Log-probs: vLLM 0.32 returns, by default (`logprobs_mode="raw_logprobs"`),
+log_softmax of the RAW logits, i.e. before temperature, top-k and top-p. We start the
+engine with `logprobs_mode="processed_logprobs"`: the value is then the log-prob of the
+sampled token under the distribution it was sampled from, log_softmax(logits / T)
+(with top-k/top-p, renormalised over the kept tokens), which is what the trainer
+recomputes with `rlhf.algorithms.logprobs_from_logits(logits, labels, T)`.
+Greedy (T == 0) skips temperature: the log-probs are then those of the argmax under
+T = 1. Prompt log-probs (`score_sequences`) skip all sampling processors, so they are
+at T = 1 in every mode.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, is_dataclass
+
+from rlhf.config.schema import RolloutSection
+from workers import device as dev
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "workers.vllm_extension.WeightReceiverExtension"
+
+
+def _section(cfg: RolloutSection | dict) -> RolloutSection:
+    if isinstance(cfg, RolloutSection):
+        return cfg
+    if is_dataclass(cfg):
+        cfg = asdict(cfg)
+    return RolloutSection(**dict(cfg))
+
+
+class RolloutWorker:
+    def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0, rank: int = 0):
+        dev.setup_process_env()
+        from vllm import LLM
+
+        self.cfg = _section(cfg)
+        self.rank = rank
+        self._version = 0
+        t0 = time.perf_counter()
+        self.llm = LLM(
+            model=model_path,
+            dtype=self.cfg.dtype,
+            enforce_eager=self.cfg.enforce_eager,
+            seed=seed + rank,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls=EXTENSION,
+            disable_log_stats=True,
+            **dev.vllm_memory_kwargs(self.cfg.memory_fraction, self.cfg.kv_cache_gib),
+        )
+        self.start_seconds = time.perf_counter() - t0
+        self._sleeping = False
+
+    # ---------------------------------------------------------------- sampling
+    def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float,
+                 top_p: float = 1.0, top_k: int = -1, max_new_tokens: int,
+                 stop_token_ids=(), seed: int | None = None) -> dict:
+        """Sample `n` responses per prompt.
+
+        Returns lists of length len(prompts) * n, the n samples of prompt i at
+        [i*n, (i+1)*n): `response_ids`, `logprobs` (per sampled token, see module doc),
+        `finish_reasons` ("stop" | "length"), plus `weight_version`. With `seed`,
+        prompt i uses seed + i*n (vLLM gives sample j of a prompt seed + j), so the
+        same call returns the same samples. Greedy (temperature 0): vLLM refuses n > 1,
+        so each prompt is decoded once and its answer repeated n times.
+        """
+        from vllm import SamplingParams
+
+        greedy = temperature == 0
+
+        def params(i: int) -> SamplingParams:
+            return SamplingParams(
+                n=1 if greedy else n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
+                max_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids),
+                seed=None if seed is None else seed + i * n,
+                logprobs=0, detokenize=False)
+
+        prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
+        outs = self.llm.generate(prompts, [params(i) for i in range(len(prompts))], use_tqdm=False)
+        response_ids, logprobs, finish = [], [], []
+        for out in outs:
+            for comp in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(comp.token_ids)
+                lps = [comp.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
+                for _ in range(n if greedy else 1):
+                    response_ids.append(list(ids))
+                    logprobs.append(list(lps))
+                    finish.append(comp.finish_reason)
+        return {"response_ids": response_ids, "logprobs": logprobs, "finish_reasons": finish,
+                "weight_version": self._version}
+
+    def score_sequences(self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]) -> list[list[float]]:
+        """vLLM's log-probs (T = 1) of each given response token after its prompt."""
+        from vllm import SamplingParams
+
+        sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        prompts = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompt_token_ids, response_token_ids)]
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        scores = []
+        for out, p, r in zip(outs, prompt_token_ids, response_token_ids):
+            seq = list(p) + list(r)
+            # prompt_logprobs[k] is the log-prob of token k given tokens < k (entry 0 is None).
+            scores.append([out.prompt_logprobs[k][seq[k]].logprob for k in range(len(p), len(seq))])
+        return scores
+
+    # ---------------------------------------------------------------- state
+    def weight_version(self) -> int:
+        return self._version
+
+    def ready(self) -> bool:
+        return True
+
+    def engine_info(self) -> dict:
+        """Where this engine runs and how many vLLM worker processes it has (sync setup)."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+                "num_engine_workers": self.llm.llm_engine.vllm_config.parallel_config.world_size,
+                "start_seconds": self.start_seconds}
+
+    def sleep(self) -> bool:
+        """GPU: free weights and KV cache while the trainer runs. CPU: no-op, False."""
+        if not dev.detect().is_gpu:
+            return False
+        self.llm.sleep(level=1)
+        self._sleeping = True
+        return True
+
+    def wake_up(self) -> bool:
+        if not dev.detect().is_gpu or not self._sleeping:
+            return False
+        self.llm.wake_up()
+        self._sleeping = False
+        return True
+
+    def benchmark_reload(self, weights_path: str, repeats: int = 3) -> float:
+        """Seconds of vLLM's in-place reload of in-memory weights (sync benchmark floor)."""
+        return self.llm.collective_rpc("rlhf_time_reload", args=(weights_path, self.cfg.dtype, repeats))[0]
+
+    # ---------------------------------------------------------------- weight sync (receive)
+    def init_weight_receiver(self, spec: dict) -> list[int]:
+        return self.llm.collective_rpc("rlhf_init_receiver", args=(spec,))
+
+    def receive_bucket(self, meta: dict) -> int:
+        return self.llm.collective_rpc("rlhf_load_bucket", args=(meta,))[0]
+
+    def finish_weight_update(self, version: int) -> dict:
+        """Close the update, drop KV blocks computed with old weights, adopt `version`."""
+        if version <= self._version:
+            raise ValueError(f"weight version must increase: have {self._version}, got {version}")
+        reports = self.llm.collective_rpc("rlhf_finish_update")
+        self.llm.reset_prefix_cache()
+        self._version = version
+        return {"version": version, "buckets": min(r["buckets"] for r in reports),
+                "tensors": min(r["tensors"] for r in reports)}
+

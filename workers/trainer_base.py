@@ -1,0 +1,400 @@
+"""What every model-holding role shares: joining the group's world, loading HF models,
+the forward passes in the rlhf.batch layout, and the DeepSpeed ZeRO training engine.
+
+`RankWorker` is the protocol `workers.group.WorkerGroup` drives: a cheap constructor,
+then `init_process(rank, world, ...)` joins torch.distributed and calls `setup()`.
+`DeepSpeedTrainer` is the base of ActorWorker and CriticWorker: engine from a
+TrainerSection, the PPO epoch/mini-batch/micro-batch loop with exact global loss
+normalisation, checkpoints, HF export and gathered weights for the rollout sync.
+
+Outside a group (a script, a notebook) call `worker.init_single()` instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rlhf.algorithms import entropy_from_logits, logprobs_from_logits
+from rlhf.batch import Batch
+from rlhf.config.schema import TrainerSection, TrainSection
+from workers import device as dev
+
+DIST_TIMEOUT_S = float(os.environ.get("RLHF_DIST_TIMEOUT_S", 1800))
+ADAM_BETAS = (0.9, 0.95)  # the usual choice for LM fine-tuning (GPT-3, InstructGPT)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+# ==================================================================== process
+class RankWorker:
+    """One rank of a worker group. Subclasses store their arguments in __init__ and do
+    the heavy work (loading, engines) in `setup()`, which runs inside the world."""
+
+    def __init__(self) -> None:
+        self.rank, self.world_size, self.local_rank = 0, 1, 0
+        self.device = torch.device("cpu")
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's IP and a port free on it: where rank 0 hosts the rendezvous."""
+        return self.node_ip(), free_port()
+
+    def init_process(self, rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> bool:
+        """Join the group's torch.distributed world (the env vars a launcher would set), then set up."""
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
+        dev.setup_process_env()
+        import deepspeed
+
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.device = dev.bind_local_device(local_rank)
+        deepspeed.init_distributed(dist_backend=dev.detect().dist_backend, auto_mpi_discovery=False,
+                                   verbose=False, timeout=timedelta(seconds=DIST_TIMEOUT_S))
+        self.setup()
+        return True
+
+    def init_single(self) -> bool:
+        """Set up as a world of one in this process (no Ray)."""
+        return self.init_process(0, 1, 0, "127.0.0.1", free_port())
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        return True
+
+    def all_reduce_sum(self, values: Tensor) -> Tensor:
+        values = values.to(self.device)
+        if self.world_size > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+
+# ==================================================================== models
+def _no_dropout(config) -> None:
+    """RL needs the forward of the update to match the one that scored the tokens: a
+    dropout mask would make the first PPO ratio != 1, so every dropout is turned off."""
+    for key, value in list(vars(config).items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+
+
+def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    _no_dropout(config)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+
+
+def _checkpoint_keys(path: str) -> set[str]:
+    """Tensor names stored in a local safetensors checkpoint (empty if unknown)."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return set(json.loads(index.read_text())["weight_map"])
+    single = folder / "model.safetensors"
+    if single.exists():
+        with safe_open(str(single), framework="pt") as f:
+            return set(f.keys())
+    return set()
+
+
+def load_value_model(path: str, seed: int, dtype: torch.dtype = torch.float32):
+    """A one-output per-token head (`AutoModelForTokenClassification`, num_labels=1) on a
+    transformer backbone, from a sequence-classification checkpoint (reward model: its
+    `score` head is reused as is, same name and shape) or from a causal LM (the backbone
+    loads, the lm_head is dropped and a new head is initialised under `seed`).
+
+    The head has a bias only if the checkpoint's has one, so a reward model's head loads
+    without new parameters; classifier dropout is off (see `_no_dropout`).
+    """
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.token_classification_bias = "score.bias" in _checkpoint_keys(path)
+    config.classifier_dropout = 0.0
+    _no_dropout(config)
+    torch.manual_seed(seed)  # init of any weight missing from the checkpoint (new head)
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+
+
+# ==================================================================== forwards
+def micro_batches(batch: Batch, size: int) -> list[Batch]:
+    return [batch.index(slice(i, i + size)) for i in range(0, batch.size, size)]
+
+
+def _model_inputs(batch: Batch, device: torch.device) -> dict:
+    return dict(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                position_ids=batch.position_ids().to(device), use_cache=False)
+
+
+def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device,
+                      entropy: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of the response tokens under `model` at `temperature`.
+
+    Response token j sits at column P+j and is predicted by the logits at column
+    P+j-1 (rlhf/batch.py); only the last R+1 columns go through the LM head.
+    Shape: batch (B, P+R) -> (B, R) float32, (B, R) float32 | None.
+    """
+    R = batch.response_len
+    logits = model(**_model_inputs(batch, device), logits_to_keep=R + 1).logits[:, :-1]
+    logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature)
+    ent = None
+    if entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = entropy_from_logits(logits, temperature)
+    return logprobs, ent
+
+
+def response_values(model, batch: Batch, *, device: torch.device) -> Tensor:
+    """Values of the response tokens from a one-output per-token head.
+
+    The value of response token j is read at column P+j-1: the state *before* the
+    token is emitted, aligned with its log-prob (and with GAE, whose V(s_t) is the
+    value of the state in which action t is taken). Shape: (B, P+R) -> (B, R) float32.
+    """
+    P = batch.prompt_len
+    return model(**_model_inputs(batch, device)).logits[:, P - 1:-1, 0].float()
+
+
+# ==================================================================== DeepSpeed
+def deepspeed_config(cfg: TrainerSection, *, micro_batch_size: int, grad_accum: int, world_size: int,
+                     bf16: bool, device: dev.Device | None = None) -> dict:
+    """DeepSpeed config of one trainer role. Batch sizes come from the PPO batch
+    arithmetic (one optimizer step per mini-batch); the optimizer is AdamW. On CPU it
+    is torch's AdamW (DeepSpeed's fused/CPU Adam need compiled ops)."""
+    device = device or dev.detect()
+    if cfg.offload_params and cfg.zero_stage != 3:
+        raise ValueError("trainer.offload_params needs zero_stage 3")
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.is_gpu}
+    if cfg.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": device.is_gpu}
+    if cfg.zero_stage == 3:
+        # tiny models: do not keep small params permanently gathered, so sharding is real
+        zero.update(stage3_param_persistence_threshold=0, stage3_gather_16bit_weights_on_model_save=True)
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": cfg.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": list(ADAM_BETAS), "eps": 1e-8,
+            "torch_adam": not device.is_gpu}},
+        "bf16": {"enabled": bf16},
+        "zero_optimization": zero,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_then_constant(warmup_steps: int) -> Callable:
+    """LR factor of optimizer step k (0-based): (k+1)/warmup during warmup, then 1."""
+    def factor(step: int) -> float:
+        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+    return factor
+
+
+def zero3_sharded_loading(ds_config: dict):
+    """Make later `from_pretrained` calls build the model already sharded (zero.Init), so
+    no rank ever holds the full model. Needs `accelerate` (transformers' requirement);
+    without it the full model is loaded on every rank and partitioned by
+    `deepspeed.initialize` (fine up to host memory). Keep the returned object alive:
+    transformers only holds a weak reference to it."""
+    if importlib.util.find_spec("accelerate") is None:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+class _Stats:
+    """Per-update metrics. `share` values are parts of a mini-batch total (the loss with
+    global normalisation): summed over micro-batches and ranks, averaged over
+    mini-batches. `mean` values are per-micro-batch diagnostics: averaged over
+    micro-batches and ranks. `step` values are the same on every rank (grad norm, lr):
+    averaged over optimizer steps."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.kinds: dict[str, str] = {}
+        self.micro = self.mini = 0
+
+    def add(self, kind: str, name: str, value) -> None:
+        self.kinds[name] = kind
+        self.sums[name] = self.sums.get(name, 0.0) + float(value)
+
+    def reduce(self, worker: RankWorker) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = worker.all_reduce_sum(torch.tensor([self.sums[n] for n in names], dtype=torch.float64))
+        divisor = {"share": self.mini, "mean": self.micro * worker.world_size,
+                   "step": self.mini * worker.world_size}
+        return {n: float(t) / max(1, divisor[self.kinds[n]]) for n, t in zip(names, totals.tolist())}
+
+
+class DeepSpeedTrainer(RankWorker):
+    """A DeepSpeed ZeRO engine around an HF model. Subclasses give `load_model()`."""
+
+    role = "trainer"
+
+    def __init__(self, model_path: str, trainer_cfg: TrainerSection, train_cfg: TrainSection,
+                 seed: int = 1, dtype: str = "auto") -> None:
+        super().__init__()
+        self.model_path, self.cfg, self.train_cfg = model_path, trainer_cfg, train_cfg
+        self.seed, self.dtype_name = seed, dtype
+        self.engine = None
+
+    def load_model(self, dtype: torch.dtype):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        import deepspeed
+
+        torch.manual_seed(self.seed)
+        device = dev.detect()
+        bf16 = dev.trainer_dtype(self.dtype_name, device) == torch.bfloat16
+        mini_per_rank, rem = divmod(self.train_cfg.mini_batch_size, self.world_size)
+        if rem or mini_per_rank % self.train_cfg.micro_batch_size:
+            raise ValueError(f"train.mini_batch_size {self.train_cfg.mini_batch_size} does not split into "
+                             f"{self.world_size} ranks x micro-batches of {self.train_cfg.micro_batch_size}")
+        self.grad_accum = mini_per_rank // self.train_cfg.micro_batch_size
+        self.ds_config = deepspeed_config(self.cfg, micro_batch_size=self.train_cfg.micro_batch_size,
+                                          grad_accum=self.grad_accum, world_size=self.world_size,
+                                          bf16=bf16, device=device)
+        if self.cfg.zero_stage == 3:
+            self._hf_ds_config = zero3_sharded_loading(self.ds_config)
+        # fp32 master weights; DeepSpeed casts the module to bf16 when enabled
+        model = self.load_model(torch.float32)
+        if self.cfg.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        factor = warmup_then_constant(self.cfg.warmup_steps)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+
+    # ---------------------------------------------------------------- training
+    def _train(self, batch: Batch, epochs: int, loss_fn) -> dict[str, float]:
+        """`epochs` passes over `batch` (this rank's part of the rollout batch) in
+        mini-batches of train.mini_batch_size / world sequences, each split into
+        grad_accum micro-batches; one optimizer step per mini-batch.
+
+        loss_fn(micro, n_tokens, n_seqs, stats) -> loss, where n_tokens / n_seqs count
+        the valid tokens / non-empty sequences of the whole mini-batch over all ranks,
+        so the losses of all micro-batches on all ranks sum to the mini-batch loss.
+        """
+        mini_per_rank = self.train_cfg.micro_batch_size * self.grad_accum
+        if batch.size % mini_per_rank:
+            raise ValueError(f"{self.role}: {batch.size} sequences on this rank do not split into "
+                             f"mini-batches of {mini_per_rank} (train.mini_batch_size / ranks)")
+        # DeepSpeed's backward divides the loss by GAS, and its gradient reduction
+        # averages over the world_size ranks. Each micro-batch loss is already its share
+        # of the global mini-batch loss, so scaling by world_size * GAS makes the reduced
+        # gradient exactly the gradient of the full mini-batch loss.
+        scale = self.world_size * self.grad_accum
+        stats = _Stats()
+        self.engine.train()
+        for _ in range(epochs):
+            for mini in batch.chunks(batch.size // mini_per_rank):
+                mask = mini.response_mask
+                counts = self.all_reduce_sum(torch.stack([mask.sum(), (mask.sum(-1) > 0).sum().to(mask.dtype)]).float())
+                n_tokens, n_seqs = counts[0].clamp_min(1), counts[1].clamp_min(1)
+                lr = self.engine.get_lr()[0]
+                for micro in mini.chunks(self.grad_accum):
+                    loss = loss_fn(micro, n_tokens, n_seqs, stats)
+                    self.engine.backward(loss * scale)
+                    self.engine.step()
+                    stats.micro += 1
+                stats.mini += 1
+                grad_norm = self.engine.get_global_grad_norm()
+                stats.add("step", f"{self.role}/grad_norm", math.nan if grad_norm is None else float(grad_norm))
+                stats.add("step", f"{self.role}/lr", lr)
+        return stats.reduce(self)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self, path: str) -> str:
+        """Model, optimizer and LR-scheduler state (every rank writes its shards)."""
+        self.engine.save_checkpoint(path, tag="state", client_state={"seed": self.seed})
+        dist.barrier()
+        return path
+
+    def load(self, path: str) -> None:
+        load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"{self.role}: no checkpoint in {path}")
+
+    def named_weights_for_sync(self, bucket_params: int = 1 << 26) -> Iterator[tuple[str, Tensor]]:
+        """(HF name, full tensor) of every parameter, in `named_parameters` order.
+
+        ZeRO-3: collective, EVERY rank must iterate it. Parameters are gathered in
+        groups of up to `bucket_params` elements (at least one parameter each), one
+        `GatheredParameters` per group, so memory is bounded by one group. A yielded
+        tensor is valid only until the next one is requested (copy or pack it at once).
+        ZeRO 0-2: every rank's module holds the full (compute-dtype) weights.
+        """
+        params = list(self.engine.module.named_parameters())
+        if self.cfg.zero_stage != 3:
+            yield from ((name, p.data) for name, p in params)
+            return
+        import deepspeed
+
+        def gathered(group):
+            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
+                yield from ((n, p.data) for n, p in group)
+
+        group, size = [], 0
+        for name, p in params:
+            if group and size + p.ds_numel > bucket_params:
+                yield from gathered(group)
+                group, size = [], 0
+            group.append((name, p))
+            size += p.ds_numel
+        if group:
+            yield from gathered(group)
+
+    def full_weights(self) -> dict[str, Tensor]:
+        """CPU copies of all weights (collective under ZeRO-3). For tests and small models."""
+        return {n: t.detach().to("cpu", copy=True) for n, t in self.named_weights_for_sync()}
+
+    def save_hf(self, path: str) -> str:
+        """The model in Hugging Face format (safetensors + config + tokenizer), written by rank 0."""
+        state = {}
+        for name, tensor in self.named_weights_for_sync():
+            if self.rank == 0:
+                state[name] = tensor.detach().to("cpu", copy=True)
+        if self.rank == 0:
+            from transformers import AutoTokenizer
+
+            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            try:
+                AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+            except (OSError, ValueError):  # a model without a tokenizer
+                pass
+        if self.world_size > 1:
+            dist.barrier()
+        return path
