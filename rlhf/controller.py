@@ -1,0 +1,433 @@
+"""The single controller: brings up the roles and runs PPO steps in numbered phases.
+
+    trainer = PPOTrainer(load_config("recipes/ppo_tiny.yaml"))
+    trainer.setup(); trainer.train(); trainer.cleanup()
+
+This is the only code that knows the order of a step. GRPO / RLOO / REINFORCE++
+are the same step with the critic phases skipped (algorithm.adv_estimator).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from rlhf import checkpoint as ckpt
+from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs, make_kl_controller, masked_mean
+from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
+from rlhf.batch import Batch
+from rlhf.config import RunConfig, to_yaml
+from rlhf.data import PromptSampler, PromptSet, load_prompts
+from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, progress_line
+from rlhf.tiny import resolve
+
+
+class PPOTrainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.timer = PhaseTimer()
+        self.step_index = 0
+        self.weight_version = 0
+        self.placement = None
+        self.rewards = None
+        self.logger = None
+
+    # ================================================================ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.run_dir, resume_from = self._run_dir_and_resume()
+        say(f"run directory: {self.run_dir}")
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.paths = self._resolve_models()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.paths["policy"])
+        self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer)
+        self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size)
+                         if cfg.data.eval_path else None)
+        say(f"prompts: {len(self.train_set)} train ({self.train_set.dropped_too_long} dropped over "
+            f"{cfg.data.max_prompt_tokens} tokens), {len(self.eval_set) if self.eval_set else 0} eval")
+        self.sampler = PromptSampler(len(self.train_set), cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
+        self.kl_ctrl = make_kl_controller(cfg.algorithm.kl.controller, **self._kl_kwargs())
+        self.rewards = make_reward_manager(cfg)
+        self._start_roles()
+        start_step = self._resume(resume_from) if resume_from else 0
+        self.step_index = start_step
+        self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, json.loads(json.dumps(
+            _asdict(cfg), default=str)), resume_step=start_step if resume_from else None)
+
+    def _kl_kwargs(self) -> dict:
+        kl = self.cfg.algorithm.kl
+        if kl.controller == "adaptive":
+            return {"init_coef": kl.coef, "target": kl.target, "horizon": kl.horizon}
+        return {"coef": kl.coef}
+
+    def _run_dir_and_resume(self) -> tuple[Path, Path | None]:
+        run = self.cfg.run
+        if run.resume not in ("never", "auto"):
+            path = Path(run.resume)
+            if not (path / ckpt.MARKER).exists():
+                raise FileNotFoundError(f"run.resume={run.resume}: not a complete checkpoint folder")
+            return path.parent.parent, path
+        if run.run_dir:
+            run_dir = Path(run.run_dir)
+        elif run.resume == "auto" and (previous := _latest_run(Path(run.output_dir), run.name)):
+            run_dir = previous
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(run.output_dir) / f"{run.name}-{stamp}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, ckpt.latest(run_dir) if run.resume == "auto" else None
+
+    def _resolve_models(self) -> dict[str, str]:
+        m = self.cfg.model
+        policy = resolve(m.policy)
+        paths = {"policy": policy, "reference": resolve(m.reference or m.policy),
+                 "critic": resolve(m.critic or m.reward_model or m.policy),
+                 "reward_model": resolve(m.reward_model) if m.reward_model else None}
+        for role, path in paths.items():
+            if path is not None and not Path(path).exists():
+                key = {"policy": "model.policy", "reference": "model.reference", "critic": "model.critic",
+                       "reward_model": "model.reward_model"}[role]
+                raise FileNotFoundError(f"config key '{key}': model path not found: {path}")
+        return paths
+
+    def _start_roles(self) -> None:
+        import ray
+
+        from rlhf.roles import make_placement, role_requests
+        from workers.actor import ActorWorker
+        from workers.critic import CriticWorker
+        from workers.group import WorkerGroup
+        from workers.reference import ReferenceWorker
+        from workers.reward_model import RewardModelWorker
+        from workers.rollout import RolloutWorker
+
+        cfg, started = self.cfg, time.time()
+        self.placement = make_placement(cfg, role_requests(cfg))
+        pg, idx = self.placement.of("rollout")
+        self.rollout = WorkerGroup(RolloutWorker, cfg.rollout.num_workers, num_cpus=cfg.rollout.num_cpus,
+                                   num_gpus=cfg.rollout.num_gpus, placement_group=pg, bundle_indices=idx,
+                                   name="rollout", init_kwargs=dict(model_path=self.paths["policy"],
+                                                                    cfg=cfg.rollout, seed=cfg.run.seed),
+                                   distributed=False)
+        common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
+        pg, idx = self.placement.of("actor")
+        self.actor = WorkerGroup(ActorWorker, cfg.actor.num_workers, num_cpus=cfg.actor.num_cpus,
+                                 num_gpus=cfg.actor.num_gpus, placement_group=pg, bundle_indices=idx, name="actor",
+                                 init_kwargs=dict(model_path=self.paths["policy"], trainer_cfg=cfg.actor,
+                                                  algo_cfg=cfg.algorithm, **common))
+        self.critic = None
+        if cfg.algorithm.uses_critic:
+            pg, idx = self.placement.of("critic")
+            self.critic = WorkerGroup(CriticWorker, cfg.critic.num_workers, num_cpus=cfg.critic.num_cpus,
+                                      num_gpus=cfg.critic.num_gpus, placement_group=pg, bundle_indices=idx,
+                                      name="critic", init_kwargs=dict(model_path=self.paths["critic"],
+                                                                      trainer_cfg=cfg.critic,
+                                                                      algo_cfg=cfg.algorithm, **common))
+        pg, idx = self.placement.of("reference")
+        self.reference = WorkerGroup(ReferenceWorker, 1, num_cpus=cfg.reference.num_cpus,
+                                     num_gpus=cfg.reference.num_gpus, placement_group=pg, bundle_indices=idx,
+                                     name="reference", init_kwargs=dict(model_path=self.paths["reference"],
+                                                                        cfg=cfg.reference,
+                                                                        micro_batch_size=cfg.train.micro_batch_size))
+        self.reward_model = None
+        if self.paths["reward_model"]:
+            pg, idx = self.placement.of("reward_model")
+            self.reward_model = WorkerGroup(RewardModelWorker, 1, num_cpus=cfg.reward.num_cpus,
+                                            placement_group=pg, bundle_indices=idx, name="reward_model",
+                                            init_kwargs=dict(model_path=self.paths["reward_model"],
+                                                             normalize=cfg.reward.model_normalize,
+                                                             micro_batch_size=cfg.train.micro_batch_size))
+        transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
+                                       cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
+        self.startup_seconds = time.time() - started
+        say(f"roles up in {self.startup_seconds:.0f}s (weight sync transport: {transport})")
+        del ray
+
+    # ================================================================ one PPO step
+    def step(self) -> dict:
+        cfg, t, metrics = self.cfg, self.timer, {}
+        step_start = time.perf_counter()
+        rows = self.train_set.rows(self.sampler.next_indices())
+
+        # step 1. generate n responses per prompt with the current policy (vLLM)
+        with t("generate"):
+            batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
+                                                  seed=cfg.run.seed * 1_000_003 + self.step_index)
+        # step 2. score them: reward functions (process pool) and the reward model
+        with t("reward"):
+            scores, reward_metrics = self._score(batch, rows, texts, finish, cfg.rollout.n)
+            batch = batch.replace(scores=scores)
+        # step 3. trainer-side log-probs, reference log-probs and values, overlapped
+        with t("logprobs_values"):
+            batch = self._logprobs_and_values(batch)
+        # step 4. KL penalty and advantages (pure functions of the batch)
+        with t("advantages"):
+            batch, kl_metrics = self._advantages(batch)
+        # step 5+6. critic and actor updates, concurrently (different workers)
+        with t("update"):
+            critic_refs = self.critic.call_split("update", batch) if self.critic else None
+            actor_metrics = self.actor.gather(self.actor.call_split(
+                "update", batch, temperature=cfg.rollout.temperature))[0]
+            critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
+        # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
+        with t("sync"):
+            sync_metrics = self._sync_weights()
+        # step 8. metrics
+        self.kl_ctrl.update(kl_metrics["kl/mean"], n_steps=batch.size)
+        metrics.update(reward_metrics, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics)
+        metrics.update(self._rollout_metrics(batch))
+        metrics["timing/step"] = time.perf_counter() - step_start
+        metrics.update(self.timer.pop())
+        metrics["perf/tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/step"]
+        metrics["perf/generate_tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/generate"]
+        if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
+            self._log_samples(rows, texts, batch.scores)
+        return metrics
+
+    # ---------------------------------------------------------------- phases
+    def _generate(self, rows: PromptSet, n: int, temperature: float, seed: int):
+        """Spread prompts over the rollout engines; assemble the padded Batch."""
+        cfg = self.cfg.rollout
+        engines = self.rollout.world_size
+        parts = [list(range(len(rows)))[i::engines] for i in range(engines)]  # round-robin: equal load
+        refs = [actor.generate.remote([rows.prompt_ids[i] for i in part], n=n, temperature=temperature,
+                                      top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                                      stop_token_ids=cfg.stop_token_ids, seed=seed + 7919 * e)
+                for e, (actor, part) in enumerate(zip(self.rollout.actors, parts))]
+        from workers.group import RankRefs
+
+        outs = self.rollout.gather(RankRefs(refs, "generate"))
+        order, responses, logprobs, finish, versions = [], [], [], [], []
+        for part, out in zip(parts, outs):
+            for k, i in enumerate(part):
+                for j in range(n):
+                    order.append(i)
+                    responses.append(out["response_ids"][k * n + j])
+                    logprobs.append(out["logprobs"][k * n + j])
+                    finish.append(out["finish_reasons"][k * n + j])
+                    versions.append(out["weight_version"])
+        # restore prompt order (sample j of prompt i at row i*n + j)
+        perm = sorted(range(len(order)), key=lambda r: (order[r], r))
+        pick = lambda xs: [xs[r] for r in perm]  # noqa: E731
+        order, responses, logprobs, finish, versions = map(pick, (order, responses, logprobs, finish, versions))
+        batch = build_batch([rows.prompt_ids[i] for i in order], responses, logprobs,
+                            torch.tensor(order), torch.tensor(versions), cfg.max_new_tokens,
+                            self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        return batch, texts, finish
+
+    def _score(self, batch: Batch, rows: PromptSet, texts: list[str], finish: list[str], n: int):
+        cfg = self.cfg
+        rm_ref = self.reward_model.call_split("score", batch) if self.reward_model else None
+        expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
+        result = self.rewards.score(expand(rows.prompts), texts, expand(rows.labels),
+                                    {k: expand(v) for k, v in rows.columns.items()})
+        scores = torch.tensor(result.scores, dtype=torch.float32)
+        metrics = {f"reward/{k}": sum(v) / len(v) for k, v in result.components.items()}
+        metrics.update({f"reward/{k}": _nanmean(v) for k, v in result.extra.items()})
+        metrics["reward/errors"] = result.errors
+        if rm_ref is not None:
+            rm_scores = self.reward_model.gather_cat(rm_ref).float()
+            scores = scores + cfg.reward.model_weight * rm_scores
+            metrics["reward/model"] = float(rm_scores.mean())
+        if cfg.algorithm.overlong_buffer:
+            penalty = overlong_penalty(batch.response_mask.sum(-1), cfg.rollout.max_new_tokens,
+                                       cfg.algorithm.overlong_buffer, cfg.algorithm.overlong_penalty)
+            scores = scores + penalty
+            metrics["reward/overlong_penalty"] = float(penalty.mean())
+        metrics["rollout/truncated_frac"] = sum(f == "length" for f in finish) / len(finish)
+        return scores, metrics
+
+    def _logprobs_and_values(self, batch: Batch) -> Batch:
+        temp = self.cfg.rollout.temperature
+        old_ref = self.actor.call_split("compute_logprobs", batch, temperature=temp)
+        ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
+        val_ref = self.critic.call_split("compute_values", batch) if self.critic else None
+        return batch.replace(old_logprobs=self.actor.gather_cat(old_ref),
+                             ref_logprobs=self.reference.gather_cat(ref_ref),
+                             values=self.critic.gather_cat(val_ref) if val_ref else None)
+
+    def _advantages(self, batch: Batch):
+        algo = self.cfg.algorithm
+        mask = batch.response_mask
+        coef = self.kl_ctrl.value if algo.kl.in_reward else 0.0
+        token_rewards, kl = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
+                                                  kl_coef=coef, estimator=algo.kl.estimator)
+        inputs = AdvantageInputs(token_rewards=token_rewards, scores=batch.scores, response_mask=mask,
+                                 group_ids=batch.group_ids, values=batch.values, gamma=algo.gamma,
+                                 lam=algo.lam, norm_adv_by_std=algo.norm_adv_by_std)
+        advantages, returns = ADV_ESTIMATORS.get(algo.adv_estimator)(inputs)
+        seq_kl = (kl * mask).sum(-1)
+        metrics = {"kl/mean": float(seq_kl.mean()), "kl/coef": float(self.kl_ctrl.value),
+                   "kl/token_mean": float(masked_mean(kl, mask)),
+                   "rollout/advantage_mean": float(masked_mean(advantages, mask)),
+                   "rollout/return_mean": float(masked_mean(returns, mask))}
+        return batch.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+    def _sync_weights(self) -> dict:
+        self.weight_version += 1
+        stats = self.actor.run_all("push_weights", self.weight_version)[0]
+        return {k: float(v) for k, v in stats.items() if k.startswith("sync/")}
+
+    def _rollout_metrics(self, batch: Batch) -> dict:
+        mask = batch.response_mask
+        diff = (batch.rollout_logprobs - batch.old_logprobs).abs() * mask
+        return {"rollout/reward_mean": float(batch.scores.mean()), "rollout/reward_std": float(batch.scores.std()),
+                "rollout/response_length": float(mask.sum(-1).mean()),
+                "rollout/logprob_diff_mean": float(diff.sum() / mask.sum().clamp_min(1)),
+                "rollout/logprob_diff_max": float(diff.max()),
+                "rollout/weight_version": float(batch.weight_version.float().mean())}
+
+    # ================================================================ evaluation
+    def evaluate(self) -> dict:
+        if self.eval_set is None:
+            return {}
+        cfg = self.cfg
+        batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed=cfg.run.seed)
+        result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
+        scores = torch.tensor(result.scores)
+        out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
+               "eval/response_length": float(batch.response_mask.sum(-1).mean())}
+        out.update({f"eval/reward/{k}": sum(v) / len(v) for k, v in result.components.items()})
+        return out
+
+    # ================================================================ loop
+    def train(self) -> dict:
+        cfg = self.cfg.run
+        eval_metrics = {}
+        if self.step_index == 0 and self.eval_set is not None:
+            eval_metrics = self.evaluate()
+            self.logger.log(0, eval_metrics)
+            print_progress(progress_line(0, cfg.total_steps, eval_metrics))
+        while self.step_index < cfg.total_steps:
+            metrics = self.step()
+            self.step_index += 1
+            last = self.step_index == cfg.total_steps
+            if self.eval_set is not None and (last or (cfg.eval_every and self.step_index % cfg.eval_every == 0)):
+                eval_metrics = self.evaluate()
+                metrics.update(eval_metrics)
+            self.logger.log(self.step_index, metrics)
+            print_progress(progress_line(self.step_index, cfg.total_steps, metrics))
+            if last or (cfg.save_every and self.step_index % cfg.save_every == 0):
+                self.save_checkpoint()
+        return eval_metrics
+
+    def finish(self) -> None:
+        """Final HF export and plots."""
+        run = self.cfg.run
+        if run.export_hf:
+            out = self.run_dir / "final_policy"
+            self.actor.run_all("save_hf", str(out))
+            say(f"final policy (Hugging Face format): {out}")
+        if run.plots:
+            from rlhf.plots import plot_run
+
+            say(f"plots: {plot_run(self.run_dir)}")
+
+    # ================================================================ checkpoints
+    def save_checkpoint(self) -> Path:
+        staging = ckpt.staging_dir(self.run_dir, self.step_index)
+        refs = self.actor.call_all("save", str(staging / "actor"))
+        critic_refs = self.critic.call_all("save", str(staging / "critic")) if self.critic else None
+        self.actor.gather(refs)
+        if critic_refs:
+            self.critic.gather(critic_refs)
+        state = {"step": self.step_index, "weight_version": self.weight_version,
+                 "kl_controller": self.kl_ctrl.state_dict(), "sampler": self.sampler.state_dict(),
+                 "python_rng": repr(random.getstate()), "torch_rng": torch.get_rng_state().tolist()}
+        final = ckpt.commit(staging, state, self.cfg.run.keep_checkpoints)
+        say(f"checkpoint: {final}")
+        return final
+
+    def _resume(self, path: Path) -> int:
+        state = ckpt.read_state(path)
+        refs = self.actor.call_all("load", str(path / "actor"))
+        if self.critic:
+            self.critic.gather(self.critic.call_all("load", str(path / "critic")))
+        self.actor.gather(refs)
+        self.kl_ctrl.load_state_dict(state["kl_controller"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        self.weight_version = state["weight_version"] - 1
+        self._sync_weights()  # the rollout engines start from the checkpoint's policy
+        say(f"resumed from {path} at step {state['step']}")
+        return state["step"]
+
+    # ================================================================ misc
+    def _log_samples(self, rows: PromptSet, texts: list[str], scores) -> None:
+        n = self.cfg.rollout.n
+        lines = [f"  {rows.prompts[i // n]!r} -> {texts[i]!r} (score {float(scores[i]):.2f})"
+                 for i in range(0, min(len(texts), 3 * n), n)]
+        say(f"samples at step {self.step_index}:\n" + "\n".join(lines))
+        with open(self.run_dir / "samples.jsonl", "a") as handle:
+            for i in range(len(texts)):
+                handle.write(json.dumps({"step": self.step_index, "prompt": rows.prompts[i // n],
+                                         "response": texts[i], "score": float(scores[i])}) + "\n")
+
+    def cleanup(self) -> None:
+        if self.logger:
+            self.logger.close()
+        if self.rewards:
+            self.rewards.close()
+        for name in ("rollout", "actor", "critic", "reference", "reward_model"):
+            group = getattr(self, name, None)
+            if group is not None:
+                group.kill()
+        if self.placement:
+            self.placement.remove()
+
+
+# ==================================================================== helpers
+def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
+                group_ids: torch.Tensor, versions: torch.Tensor, response_len: int, pad_id: int) -> Batch:
+    """Left-pad prompts, right-pad responses to `response_len` (see rlhf/batch.py)."""
+    size, prompt_len = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((size, prompt_len + response_len), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    resp_mask = torch.zeros(size, response_len)
+    rollout_lp = torch.zeros(size, response_len)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
+        r, lp = r[:response_len], lp[:response_len]
+        ids[i, prompt_len - len(p): prompt_len] = torch.tensor(p)
+        attn[i, prompt_len - len(p): prompt_len + len(r)] = 1
+        if r:
+            ids[i, prompt_len: prompt_len + len(r)] = torch.tensor(r)
+            rollout_lp[i, : len(r)] = torch.tensor(lp)
+        resp_mask[i, : len(r)] = 1
+    return Batch(input_ids=ids, attention_mask=attn, response_mask=resp_mask, group_ids=group_ids,
+                 rollout_logprobs=rollout_lp, weight_version=versions)
+
+
+def make_reward_manager(cfg: RunConfig):
+    from rewards import RewardManager, RewardSpec
+
+    specs = [RewardSpec(name=f.name, fn=f.fn, weight=f.weight, kwargs=dict(f.kwargs)) for f in cfg.reward.functions]
+    return RewardManager(specs, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
+                         on_error=cfg.reward.on_error, error_score=cfg.reward.error_score, base_dir=os.getcwd())
+
+
+def _latest_run(output_dir: Path, name: str) -> Path | None:
+    runs = sorted(p for p in output_dir.glob(f"{name}-*") if p.is_dir()) if output_dir.exists() else []
+    return runs[-1] if runs else None
+
+
+def _nanmean(values) -> float:
+    vals = [v for v in values if v == v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _asdict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def say(message: str) -> None:
+    print(f"[rlhf] {message}", flush=True)

@@ -1,0 +1,63 @@
+"""Config schema, recipe loading and validation (no Ray)."""
+from pathlib import Path
+
+import pytest
+
+from rlhf.config import ConfigError, load_config
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert {"ppo_tiny.yaml", "grpo_tiny.yaml"} <= {p.name for p in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe):
+    cfg = load_config(recipe)
+    assert cfg.rollout_batch_size % cfg.train.mini_batch_size == 0
+    header = recipe.read_text().splitlines()[:8]
+    assert any("Run:" in line for line in header), "recipe header must say how to run it"
+    assert any("Time:" in line for line in header), "recipe header must say how long it takes"
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config(RECIPES[0], ["actor.lr=3e-5", "run.total_steps=7", "rollout.stop_token_ids=[1,2]"])
+    assert cfg.actor.lr == pytest.approx(3e-5) and cfg.run.total_steps == 7
+    assert cfg.rollout.stop_token_ids == [1, 2]
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["actor.lrr=1"], "actor.lrr"),
+    (["nosuch.key=1"], "nosuch"),
+    (["run.total_steps=abc"], "run.total_steps"),
+    (["train.mini_batch_size=48"], "train.mini_batch_size"),
+    (["train.micro_batch_size=48"], "train.mini_batch_size"),
+    (["algorithm.adv_estimator=ppo2"], "algorithm.adv_estimator"),
+    (["actor.zero_stage=4"], "actor.zero_stage"),
+    (["cluster.placement=everywhere"], "cluster.placement"),
+    (["algorithm.dual_clip=0.5"], "algorithm.dual_clip"),
+    (["actorlr"], "actorlr"),
+])
+def test_bad_config_names_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(Path(RECIPES[0]).parent / "ppo_tiny.yaml", override)
+    assert needle in str(err.value)
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rollout:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match="rollout.temprature"):
+        load_config(bad)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_group_estimators_need_groups():
+    with pytest.raises(ConfigError, match="rollout.n"):
+        load_config(None, ["algorithm.adv_estimator=grpo", "rollout.n=1", "train.mini_batch_size=16",
+                           "train.micro_batch_size=16"])

@@ -1,0 +1,84 @@
+"""Prompt loading, the resumable sampler, batch assembly and checkpoints (no Ray)."""
+import json
+
+import pytest
+import torch
+
+from rlhf import checkpoint as ckpt
+from rlhf.config.schema import DataSection
+from rlhf.controller import build_batch
+from rlhf.data import DataError, PromptSampler, load_prompts
+
+
+class CharTok:
+    """Stand-in tokenizer: one id per character."""
+    pad_token_id = 0
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_long_prompts_are_dropped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1=", "label": "2", "src": "a"},
+                                               {"prompt": "x" * 50, "label": "?", "src": "b"},
+                                               {"prompt": "2+2=", "label": "4", "src": "c"}])
+    data = load_prompts(path, DataSection(max_prompt_tokens=10), CharTok())
+    assert len(data) == 2 and data.dropped_too_long == 1
+    assert data.labels == ["2", "4"] and data.columns["src"] == ["a", "c"]
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ([{"question": "1+1="}], "row 0: no prompt key 'prompt'"),
+    ([{"prompt": "1+1="}, {"prompt": "  "}], "row 1: empty"),
+])
+def test_bad_rows_name_the_row(tmp_path, rows, needle):
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=needle):
+        load_prompts(path, DataSection(), CharTok())
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_prompts(str(tmp_path / "none.jsonl"), DataSection(), CharTok())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1="}\n{not json\n')
+    with pytest.raises(DataError, match="bad.jsonl"):
+        load_prompts(str(bad), DataSection(), CharTok())
+
+
+def test_sampler_resumes_exactly():
+    a = PromptSampler(10, 3, seed=5)
+    seen = [a.next_indices() for _ in range(4)]  # crosses an epoch boundary
+    b = PromptSampler(10, 3, seed=5)
+    b.next_indices(), b.next_indices()
+    c = PromptSampler(10, 3, seed=5)
+    c.load_state_dict(b.state_dict())
+    assert [c.next_indices(), c.next_indices()] == seen[2:]
+    assert sorted(seen[0] + seen[1] + seen[2]) == sorted(set(seen[0] + seen[1] + seen[2]))
+
+
+def test_build_batch_layout():
+    batch = build_batch([[5, 6], [7]], [[1, 2, 9], [3]], [[-.1, -.2, -.3], [-.4]],
+                        torch.tensor([0, 1]), torch.tensor([3, 3]), response_len=4, pad_id=0)
+    assert batch.input_ids.tolist() == [[5, 6, 1, 2, 9, 0], [0, 7, 3, 0, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]]
+    assert batch.response_mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    assert batch.position_ids()[1, 1:3].tolist() == [0, 1]
+    assert batch.rollout_logprobs[0, :3].tolist() == pytest.approx([-.1, -.2, -.3])
+    halves = batch.chunks(2)
+    assert halves[1].input_ids.tolist() == [[0, 7, 3, 0, 0, 0]]
+
+
+def test_checkpoint_commit_is_atomic_and_latest_skips_incomplete(tmp_path):
+    first = ckpt.commit(ckpt.staging_dir(tmp_path, 1), {"step": 1}, keep=2)
+    crashed = ckpt.staging_dir(tmp_path, 2)  # a write that never finished
+    (crashed / "actor").mkdir()
+    assert ckpt.latest(tmp_path) == first and ckpt.read_state(first)["step"] == 1
+    ckpt.commit(ckpt.staging_dir(tmp_path, 3), {"step": 3}, keep=1)
+    assert ckpt.latest(tmp_path).name == "step-000003"
+    assert not first.exists()
