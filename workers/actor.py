@@ -89,8 +89,23 @@ class ActorWorker(DeepSpeedTrainer):
 
         return self._train(batch, self.train_cfg.ppo_epochs, loss_fn)
 
-    def sync_weights(self, *args, **kwargs):
-        """Hook for the trainer -> rollout weight sync (rank 0 sends
-        `named_weights_for_sync()` through a workers.weight_sync.WeightSender; every
-        rank must iterate it under ZeRO-3). Wired by the controller's owner."""
-        raise NotImplementedError("ActorWorker.sync_weights is not wired yet")
+    # ---------------------------------------------------------------- weight sync
+    def connect_rollout(self, rollout_handles: list, transport: str, bucket_bytes: int, dtype: str) -> str:
+        """Rank 0 opens the weight transport to the rollout engines; returns its name."""
+        self.sender = None
+        if self.rank != 0:
+            return ""
+        from workers.weight_sync import WeightSender
+
+        self.sender = WeightSender(transport, bucket_bytes, dtype)
+        return self.sender.connect(rollout_handles)
+
+    def push_weights(self, version: int) -> dict:
+        """Gather full HF-named weights (collective under ZeRO-3: every rank calls this)
+        and stream them through rank 0's sender. Returns the sync stats on rank 0."""
+        weights = self.named_weights_for_sync()
+        if self.sender is None:
+            for _ in weights:  # take part in the ZeRO-3 gathers
+                pass
+            return {}
+        return self.sender.send(weights, version)

@@ -53,7 +53,10 @@ class WorkerGroup:
         init_kwargs: dict | None = None,
         name: str | None = None,
         init_timeout: float | None = 600.0,
+        distributed: bool = True,
     ):
+        """`distributed=False` for roles that need no torch.distributed world of their
+        own (the vLLM rollout engines): their constructor does all the set-up."""
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if bundle_indices is not None and len(bundle_indices) != num_workers:
@@ -71,6 +74,9 @@ class WorkerGroup:
                 )
             self.actors.append(remote_cls.options(**options).remote(**(init_kwargs or {})))
 
+        if not distributed:
+            self.gather(self.call_all("ready"), timeout=init_timeout)
+            return
         # Phase 2: wire the world. The master is rank 0's node; the port is free there.
         master_addr, master_port = self.gather(RankRefs([self.actors[0].master_address.remote()],
                                                         "master_address"), timeout=init_timeout)[0]

@@ -324,16 +324,26 @@ class DeepSpeedTrainer(RankWorker):
                 counts = self.all_reduce_sum(torch.stack([mask.sum(), (mask.sum(-1) > 0).sum().to(mask.dtype)]).float())
                 n_tokens, n_seqs = counts[0].clamp_min(1), counts[1].clamp_min(1)
                 lr = self.engine.get_lr()[0]
+                own_norm = None
                 for micro in mini.chunks(self.grad_accum):
                     loss = loss_fn(micro, n_tokens, n_seqs, stats)
                     self.engine.backward(loss * scale)
+                    if self.cfg.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+                        own_norm = self._reduced_grad_norm()
                     self.engine.step()
                     stats.micro += 1
                 stats.mini += 1
                 grad_norm = self.engine.get_global_grad_norm()
+                grad_norm = own_norm if grad_norm is None else grad_norm
                 stats.add("step", f"{self.role}/grad_norm", math.nan if grad_norm is None else float(grad_norm))
                 stats.add("step", f"{self.role}/lr", lr)
         return stats.reduce(self)
+
+    def _reduced_grad_norm(self) -> float:
+        """Pre-clip global grad norm for ZeRO-0 fp32, where DeepSpeed does not record it
+        (gradients are already averaged over ranks after the boundary backward)."""
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str) -> str:
