@@ -3,6 +3,8 @@
     rlhf train recipes/ppo_tiny.yaml [key=value ...]   PPO/GRPO/... run (starts or joins Ray)
     rlhf check recipes/ppo_tiny.yaml [key=value ...]   validate a recipe, print the resolved config
     rlhf plot runs/<run_dir>                           PNG curves of a run
+    rlhf sft recipes/sft_tiny.yaml [key=value ...]     supervised fine-tuning (rlhf.sft)
+    rlhf rm recipes/rm_tiny.yaml [key=value ...]       reward-model training (rlhf.rm)
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF on Ray with vLLM and DeepSpeed")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "run a PPO-family recipe"), ("check", "validate a recipe")):
+    for name, help_text in (("train", "run a PPO-family recipe"), ("check", "validate a recipe"),
+                            ("sft", "supervised fine-tuning recipe"), ("rm", "reward-model recipe")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML (see recipes/)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. actor.lr=1e-5")
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot_run(args.run_dir))
             return 0
+        if args.command in ("sft", "rm"):
+            return run_stage(args.command, args.recipe, args.overrides)
         cfg = load_config(args.recipe, args.overrides)
         if args.command == "check":
             print(to_yaml(cfg))
@@ -61,6 +66,20 @@ def train(cfg) -> int:
             import ray
 
             ray.shutdown()
+
+
+def run_stage(command: str, recipe: str, overrides: list[str]) -> int:
+    """`rlhf sft` / `rlhf rm`: load the stage's config, then setup -> train -> cleanup."""
+    from rlhf.config import RMConfig, SFTConfig, load_config
+    from rlhf.stage_run import run_stage as run
+
+    if command == "sft":
+        from rlhf.sft import SFTRun
+
+        return run(SFTRun, load_config(recipe, overrides, schema=SFTConfig))
+    from rlhf.rm import RMRun
+
+    return run(RMRun, load_config(recipe, overrides, schema=RMConfig))
 
 
 def connect_ray(cfg) -> bool:

@@ -23,7 +23,7 @@ from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
 from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
-from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, progress_line
+from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line
 from rlhf.tiny import resolve
 
 
@@ -36,6 +36,7 @@ class PPOTrainer:
         self.placement = None
         self.rewards = None
         self.logger = None
+        self.peak_rss_gb = 0.0
 
     # ================================================================ setup
     def setup(self) -> None:
@@ -187,6 +188,9 @@ class PPOTrainer:
         metrics.update(self.timer.pop())
         metrics["perf/tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/step"]
         metrics["perf/generate_tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/generate"]
+        metrics["perf/pipeline_rss_gb"] = process_tree_rss_gb()
+        self.peak_rss_gb = max(self.peak_rss_gb, metrics["perf/pipeline_rss_gb"])
+        metrics["perf/peak_pipeline_rss_gb"] = self.peak_rss_gb
         if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
             self._log_samples(rows, texts, batch.scores)
         return metrics
@@ -330,6 +334,7 @@ class PPOTrainer:
             from rlhf.plots import plot_run
 
             say(f"plots: {plot_run(self.run_dir)}")
+        say(f"peak resident memory of the pipeline: {self.peak_rss_gb:.2f} GiB")
 
     # ================================================================ checkpoints
     def save_checkpoint(self) -> Path:

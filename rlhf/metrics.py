@@ -28,6 +28,24 @@ class PhaseTimer:
         return out
 
 
+def process_tree_rss_gb() -> float:
+    """Resident memory of this process and all its descendants (GiB).
+
+    With a locally started Ray every role (and vLLM's engine processes) descends
+    from the driver, so this is the whole pipeline's footprint on the machine.
+    """
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total / 2**30
+
+
 def _clean(value):
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value

@@ -30,6 +30,7 @@ from rlhf.algorithms.losses import (
     value_loss,
 )
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhf.algorithms.preference import bradley_terry_loss
 from rlhf.algorithms.registry import Registry
 from rlhf.algorithms.shaping import (
     last_token_index,
@@ -50,6 +51,7 @@ __all__ = [
     "FixedKLController",
     "Registry",
     "aggregate_loss",
+    "bradley_terry_loss",
     "compute_advantages",
     "discounted_returns",
     "entropy_from_logits",

@@ -1,6 +1,9 @@
 """Load a recipe: schema defaults <- recipe YAML <- dotted command-line overrides.
 
     cfg = load_config("recipes/ppo_tiny.yaml", ["actor.lr=1e-5", "run.total_steps=3"])
+    cfg = load_config("recipes/sft_tiny.yaml", [], schema=SFTConfig)
+
+Without `schema`, a recipe's top-level `stage:` key picks it (`sft`, `rm`; none: PPO).
 
 Every mistake a user can make in a recipe surfaces here, before any worker starts,
 as a ConfigError that names the key.
@@ -14,27 +17,37 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rlhf.config.schema import RunConfig
+from rlhf.config.stages import STAGE_SCHEMAS, RMConfig, SFTConfig
 
 
 class ConfigError(ValueError):
     """A recipe or override that cannot run; the message names the key."""
 
 
-def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    schema = OmegaConf.structured(RunConfig)
-    layers = [schema]
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), schema: type | None = None):
+    """The typed config of `recipe` + `overrides`: a RunConfig (PPO), SFTConfig or RMConfig."""
+    layers = []
     if recipe is not None:
         path = Path(recipe)
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
         layers.append(_read_yaml(path))
     layers.append(_parse_overrides(overrides))
+    stage = next((layer["stage"] for layer in reversed(layers) if "stage" in layer), None)
+    if schema is None:
+        if stage is not None and stage not in STAGE_SCHEMAS:
+            raise ConfigError(f"config key 'stage' is {stage!r}; expected one of {sorted(STAGE_SCHEMAS)} "
+                              f"(or no stage key for a PPO recipe)")
+        schema = STAGE_SCHEMAS.get(stage, RunConfig)
+    expected = getattr(schema, "stage", None)
+    if stage is not None and stage != expected:
+        raise ConfigError(f"config key 'stage' is {stage!r}; this command runs {expected or 'PPO'!r} recipes")
     try:
-        merged = OmegaConf.merge(*layers)
-        cfg: RunConfig = OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
-    validate(cfg)
+    _VALIDATORS[schema](cfg)
     return cfg
 
 
@@ -63,7 +76,7 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"bad value for config key '{key}': {first_line}" if key else first_line
 
 
-def to_yaml(cfg: RunConfig) -> str:
+def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
@@ -149,3 +162,33 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'algorithm.dual_clip' must be > 1 (got {cfg.algorithm.dual_clip})")
     if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "rloo", "reinforce++-baseline"):
         raise ConfigError(f"config key 'rollout.n' must be >= 2 for algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} (group baseline)")
+
+
+# ---------------------------------------------------------------- sft / rm stages
+def validate_stage(cfg: SFTConfig | RMConfig) -> None:
+    """Semantic checks of an `rlhf sft` / `rlhf rm` config."""
+    unit = "pairs" if isinstance(cfg, RMConfig) else "sequences"
+    t, ranks = cfg.train, cfg.trainer.num_workers
+    positive = {"run.total_steps": cfg.run.total_steps, "train.mini_batch_size": t.mini_batch_size,
+                "train.micro_batch_size": t.micro_batch_size, "trainer.num_workers": ranks,
+                "data.max_tokens": cfg.data.max_tokens, "data.eval_size": cfg.data.eval_size}
+    if isinstance(cfg, RMConfig) and cfg.data.max_prompt_tokens is not None:
+        positive["data.max_prompt_tokens"] = cfg.data.max_prompt_tokens
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0 (got {value})")
+    if t.mini_batch_size % (ranks * t.micro_batch_size):
+        raise ConfigError(f"config key 'train.mini_batch_size' ({t.mini_batch_size} {unit}) must be a multiple of "
+                          f"trainer.num_workers x train.micro_batch_size = {ranks} x {t.micro_batch_size}")
+    if cfg.trainer.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"config key 'trainer.zero_stage' must be 0, 1, 2 or 3 (got {cfg.trainer.zero_stage})")
+    choices = {"model.dtype": (cfg.model.dtype, ("auto", "bf16", "fp32")),
+               "cluster.placement": (cfg.cluster.placement, ("colocated", "split"))}
+    if isinstance(cfg, RMConfig):
+        choices["data.format"] = (cfg.data.format, ("auto", "hh", "pairs"))
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {list(allowed)}")
+
+
+_VALIDATORS = {RunConfig: validate, SFTConfig: validate_stage, RMConfig: validate_stage}

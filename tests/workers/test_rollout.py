@@ -46,7 +46,7 @@ def test_logprobs_match_transformers(rollout_worker, prompt_ids, hf_policy, toke
     prompts = [p for p in prompt_ids for _ in range(2)]
     ref = hf_scorer(hf_policy, prompts, out["response_ids"], tokenizer.pad_token_id, temperature or 1.0)
     d = diffs(out["logprobs"], ref)
-    assert d.mean() < 0.02 and d.max() < 0.1, (d.mean(), d.max())
+    assert d.mean() < 0.02 and d.max() < 0.25, (d.mean(), d.max())  # bf16 engine vs fp32 reference
     if temperature:  # and T really was applied: T = 1 log-probs differ
         ref1 = hf_scorer(hf_policy, prompts, out["response_ids"], tokenizer.pad_token_id, 1.0)
         assert diffs(out["logprobs"], ref1).mean() > 3 * d.mean()
@@ -57,7 +57,7 @@ def test_score_sequences_match_transformers(rollout_worker, prompt_ids, hf_polic
     got = ray.get(rollout_worker.score_sequences.remote(prompt_ids, responses))
     ref = hf_scorer(hf_policy, prompt_ids, responses, tokenizer.pad_token_id)
     d = diffs(got, ref)
-    assert d.mean() < 0.02 and d.max() < 0.1, (d.mean(), d.max())
+    assert d.mean() < 0.02 and d.max() < 0.25, (d.mean(), d.max())  # bf16 engine vs fp32 reference
 
 
 def test_state_verbs(rollout_worker):
@@ -68,3 +68,17 @@ def test_state_verbs(rollout_worker):
     if not detect().is_gpu:
         assert ray.get(rollout_worker.sleep.remote()) is False
         assert ray.get(rollout_worker.wake_up.remote()) is False
+
+
+def test_greedy_tokens_agree_with_transformers(rollout_worker, prompt_ids, hf_policy, tokenizer):
+    """The kit's model loads in both engines and decodes the same greedy answers."""
+    import torch
+
+    out = ray.get(rollout_worker.generate.remote(prompt_ids, n=1, temperature=0.0, max_new_tokens=4))
+    agree = 0
+    for prompt, vllm_ids in zip(prompt_ids, out["response_ids"]):
+        hf = hf_policy.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        agree += hf[0, len(prompt):].tolist() == vllm_ids
+    # bf16 (vLLM) vs fp32 (transformers) may flip a near-tie; the rest must match
+    assert agree >= len(prompt_ids) - 1, f"only {agree}/{len(prompt_ids)} greedy answers agree"
