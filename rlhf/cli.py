@@ -71,15 +71,15 @@ def train(cfg) -> int:
 def run_stage(command: str, recipe: str, overrides: list[str]) -> int:
     """`rlhf sft` / `rlhf rm`: load the stage's config, then setup -> train -> cleanup."""
     from rlhf.config import RMConfig, SFTConfig, load_config
-    from rlhf.stage_run import run_stage as run
+    from rlhf.stage_run import execute
 
     if command == "sft":
         from rlhf.sft import SFTRun
 
-        return run(SFTRun, load_config(recipe, overrides, schema=SFTConfig))
+        return execute(SFTRun, load_config(recipe, overrides, schema=SFTConfig))
     from rlhf.rm import RMRun
 
-    return run(RMRun, load_config(recipe, overrides, schema=RMConfig))
+    return execute(RMRun, load_config(recipe, overrides, schema=RMConfig))
 
 
 def connect_ray(cfg) -> bool:

@@ -132,7 +132,7 @@ class StageRun:
         raise NotImplementedError
 
 
-def run_stage(stage_cls: type, cfg) -> int:
+def execute(stage_cls: type, cfg) -> int:
     """CLI entry: start (or join) Ray, run the stage, always release the cluster's resources."""
     from rlhf.cli import connect_ray
 

@@ -13,7 +13,7 @@ from rlhf.metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[2]
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base.jsonl.gz"
 PPO_SMALL = ["train.prompts_per_step=8", "train.mini_batch_size=32", "train.micro_batch_size=16",
-             "data.eval_size=16", "run.log_samples_every=0", "run.plots=false", "run.total_steps=1"]
+             "data.eval_path=null", "run.log_samples_every=0", "run.plots=false", "run.total_steps=1"]
 
 pytestmark = pytest.mark.integration
 

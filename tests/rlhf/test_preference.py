@@ -113,3 +113,13 @@ def test_stage_configs_pick_their_schema_and_name_bad_keys():
         load_config(None, ["data.formt=hh"], schema=RMConfig)
     with pytest.raises(ConfigError, match="'stage'"):
         load_config(None, ["stage=rm"], schema=SFTConfig)
+
+
+@pytest.mark.parametrize("name,schema", [("sft_tiny.yaml", SFTConfig), ("rm_tiny.yaml", RMConfig)])
+def test_stage_recipes_validate_and_have_headers(name, schema):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / name
+    assert isinstance(load_config(recipe), schema)  # picked by the recipe's `stage:` key
+    header = recipe.read_text().splitlines()[:8]
+    assert any("Run:" in line for line in header) and any("Time:" in line for line in header)
