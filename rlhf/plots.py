@@ -31,7 +31,8 @@ def plot_run(run_dir: str | Path) -> Path:
                 ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, ms=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = run_dir / "curves.png"

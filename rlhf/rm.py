@@ -42,4 +42,5 @@ class RMRun(StageRun):
         batch = pair_batch(self.eval_set, range(self.even_rows(len(self.eval_set))), self.tokenizer.pad_token_id)
         scores = self.group.gather_cat(self.group.call_split("score", batch))
         gap = scores[0::2] - scores[1::2]
-        return {"rm/eval_acc": float((gap > 0).float().mean()), "rm/eval_gap": float(gap.mean())}
+        return {"rm/eval_acc": float((gap > 0).float().mean()), "rm/eval_gap": float(gap.mean()),
+                "rm/eval_ties": float((gap == 0).float().mean())}  # low-precision scores tie; ties count as wrong
