@@ -26,7 +26,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi
 
-echo "[setup] creating $VENV (variant: $RLHF_VARIANT); first run takes a few minutes" >&2
+echo "[setup] installing into $VENV (variant: $RLHF_VARIANT); a first install takes ~3 minutes" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 PIP=(pip_install)
 pip_install() {
