@@ -61,8 +61,11 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
 def test_grpo_with_verl_and_openrlhf_reward_files(ray_session, tiny, tmp_path):
     rewards = [f"reward.functions=[{{name: verl, fn: '{FIXTURES / 'verl_reward.py'}:compute_score'}},"
                f"{{name: openrlhf, fn: '{FIXTURES / 'openrlhf_reward.py'}:reward_func', weight: 0.5}}]"]
-    run_dir = run(tmp_path, "grpo_tiny.yaml", "run.total_steps=1", "run.export_hf=false", *rewards)
+    # two vLLM engines share the batch
+    run_dir = run(tmp_path, "grpo_tiny.yaml", "run.total_steps=1", "run.export_hf=false",
+                  "rollout.num_workers=2", "rollout.num_cpus=0.25", *rewards)
     step = [r for r in read_metrics(run_dir) if r["step"] == 1][0]
+    assert step["rollout/logprob_diff_mean"] < 0.05
     assert step["reward/verl"] is not None and step["reward/openrlhf"] is not None
     assert step.get("critic/vf_loss") is None  # GRPO: no critic
 
