@@ -49,37 +49,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg) -> int:
-    """Start (or join) Ray, run the controller, always release the cluster's resources."""
-    from rlhf.controller import PPOTrainer, say
-
-    started_ray = connect_ray(cfg)
-    trainer = PPOTrainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-        trainer.finish()
-        say(f"done: {trainer.run_dir}")
-        return 0
-    finally:
-        trainer.cleanup()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-
-
-def run_stage(command: str, recipe: str, overrides: list[str]) -> int:
-    """`rlhf sft` / `rlhf rm`: load the stage's config, then setup -> train -> cleanup."""
-    from rlhf.config import RMConfig, SFTConfig, load_config
+    """Start (or join) Ray, run the PPO controller, always release the cluster's resources."""
+    from rlhf.controller import PPOTrainer
     from rlhf.stage_run import execute
 
-    if command == "sft":
-        from rlhf.sft import SFTRun
-
-        return execute(SFTRun, load_config(recipe, overrides, schema=SFTConfig))
-    from rlhf.rm import RMRun
-
-    return execute(RMRun, load_config(recipe, overrides, schema=RMConfig))
+    return execute(PPOTrainer, cfg)
 
 
 def connect_ray(cfg) -> bool:

@@ -133,7 +133,7 @@ class StageRun:
 
 
 def execute(stage_cls: type, cfg) -> int:
-    """CLI entry: start (or join) Ray, run the stage, always release the cluster's resources."""
+    """CLI entry for any stage (PPO, SFT, RM): start (or join) Ray, run it, always release the cluster's resources."""
     from rlhf.cli import connect_ray
 
     started_ray = connect_ray(cfg)
