@@ -115,7 +115,7 @@ def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_poli
 
         after = ray.get(rollout_worker.score_sequences.remote(prompts, responses))
         d = diffs(after, want)
-        assert d.mean() < 0.02 and d.max() < 0.1, (d.mean(), d.max())
+        assert d.mean() < 0.02 and d.max() < 0.25, (d.mean(), d.max())  # bf16 engine vs fp32 reference
         out = ray.get(rollout_worker.generate.remote(prompts[:2], n=1, temperature=1.0, max_new_tokens=2))
         assert out["weight_version"] == v0 + 1
 
