@@ -172,12 +172,14 @@ class PPOTrainer:
         with t("advantages"):
             batch, kl_metrics = self._advantages(batch)
         # step 5+6. critic and actor updates, concurrently (different workers)
+        self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             actor_metrics = self.actor.gather(self.actor.call_split(
                 "update", batch, temperature=cfg.rollout.temperature))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
+        self._rollout_memory("wake_up")
         with t("sync"):
             sync_metrics = self._sync_weights()
         # step 8. metrics
@@ -274,6 +276,11 @@ class PPOTrainer:
                    "rollout/advantage_mean": float(masked_mean(advantages, mask)),
                    "rollout/return_mean": float(masked_mean(returns, mask))}
         return batch.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+    def _rollout_memory(self, verb: str) -> None:
+        """vLLM sleep mode around training (rollout.sleep_between_steps; a no-op on CPU)."""
+        if self.cfg.rollout.sleep_between_steps:
+            self.rollout.run_all(verb)
 
     def _sync_weights(self) -> dict:
         self.weight_version += 1
