@@ -8,6 +8,7 @@ are the same step with the critic phases skipped (algorithm.adv_estimator).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -23,7 +24,7 @@ from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
 from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
-from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line
+from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line, say
 from rlhf.tiny import resolve
 
 
@@ -59,8 +60,8 @@ class PPOTrainer:
         self._start_roles()
         start_step = self._resume(resume_from) if resume_from else 0
         self.step_index = start_step
-        self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, json.loads(json.dumps(
-            _asdict(cfg), default=str)), resume_step=start_step if resume_from else None)
+        self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg),
+                                    resume_step=start_step if resume_from else None)
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
@@ -99,8 +100,6 @@ class PPOTrainer:
         return paths
 
     def _start_roles(self) -> None:
-        import ray
-
         from rlhf.roles import make_placement, role_requests
         from workers.actor import ActorWorker
         from workers.critic import CriticWorker
@@ -149,7 +148,6 @@ class PPOTrainer:
                                        cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
         self.startup_seconds = time.time() - started
         say(f"roles up in {self.startup_seconds:.0f}s (weight sync transport: {transport})")
-        del ray
 
     # ================================================================ one PPO step
     def step(self) -> dict:
@@ -200,6 +198,8 @@ class PPOTrainer:
     # ---------------------------------------------------------------- phases
     def _generate(self, rows: PromptSet, n: int, temperature: float, seed: int):
         """Spread prompts over the rollout engines; assemble the padded Batch."""
+        from workers.group import RankRefs
+
         cfg = self.cfg.rollout
         engines = self.rollout.world_size
         parts = [list(range(len(rows)))[i::engines] for i in range(engines)]  # round-robin: equal load
@@ -207,8 +207,6 @@ class PPOTrainer:
                                       top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
                                       stop_token_ids=cfg.stop_token_ids, seed=seed + 7919 * e)
                 for e, (actor, part) in enumerate(zip(self.rollout.actors, parts))]
-        from workers.group import RankRefs
-
         outs = self.rollout.gather(RankRefs(refs, "generate"))
         order, responses, logprobs, finish, versions = [], [], [], [], []
         for part, out in zip(parts, outs):
@@ -433,13 +431,3 @@ def _latest_run(output_dir: Path, name: str) -> Path | None:
 def _nanmean(values) -> float:
     vals = [v for v in values if v == v]
     return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _asdict(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
-def say(message: str) -> None:
-    print(f"[rlhf] {message}", flush=True)

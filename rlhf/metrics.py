@@ -93,6 +93,10 @@ def progress_line(step: int, total: int, metrics: dict) -> str:
     return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} {shown}"
 
 
+def say(message: str) -> None:
+    print(f"[rlhf] {message}", flush=True)
+
+
 def print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 

@@ -15,12 +15,8 @@ from pathlib import Path
 
 from rlhf.config import to_yaml
 from rlhf.data import PromptSampler
-from rlhf.metrics import MetricsLogger, print_progress
+from rlhf.metrics import MetricsLogger, print_progress, say
 from rlhf.tiny import resolve
-
-
-def say(message: str) -> None:
-    print(f"[rlhf] {message}", flush=True)
 
 
 class StageRun:
@@ -132,20 +128,26 @@ class StageRun:
         raise NotImplementedError
 
 
+def run_to_end(stage):
+    """setup -> train -> finish, always cleanup; returns the stage (its run_dir holds the outputs)."""
+    try:
+        stage.setup()
+        stage.train()
+        stage.finish()
+        return stage
+    finally:
+        stage.cleanup()
+
+
 def execute(stage_cls: type, cfg) -> int:
     """CLI entry for any stage (PPO, SFT, RM): start (or join) Ray, run it, always release the cluster's resources."""
     from rlhf.cli import connect_ray
 
     started_ray = connect_ray(cfg)
-    stage = stage_cls(cfg)
     try:
-        stage.setup()
-        stage.train()
-        stage.finish()
-        say(f"done: {stage.run_dir}")
+        say(f"done: {run_to_end(stage_cls(cfg)).run_dir}")
         return 0
     finally:
-        stage.cleanup()
         if started_ray:
             import ray
 

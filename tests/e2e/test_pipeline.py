@@ -24,17 +24,11 @@ pytestmark = pytest.mark.integration
 
 def run(tmp_path, recipe, *overrides, name="e2e"):
     from rlhf.controller import PPOTrainer
+    from rlhf.stage_run import run_to_end
 
     cfg = load_config(ROOT / "recipes" / recipe, [*SMALL, f"run.output_dir={tmp_path}", f"run.name={name}",
                                                    *overrides])
-    trainer = PPOTrainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-        trainer.finish()
-    finally:
-        trainer.cleanup()
-    return trainer.run_dir
+    return run_to_end(PPOTrainer(cfg)).run_dir
 
 
 def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):

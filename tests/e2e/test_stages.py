@@ -88,17 +88,12 @@ def test_rm_export_is_a_complete_sequence_classifier(rm_export):
 
 def test_ppo_with_sft_policy_and_trained_reward_model(sft_export, rm_export, tmp_path):
     from rlhf.controller import PPOTrainer
+    from rlhf.stage_run import run_to_end
 
     cfg = load_config(ROOT / "recipes" / "ppo_tiny.yaml", [
         *PPO_SMALL, f"model.policy={sft_export}", f"model.reward_model={rm_export}",
         f"run.output_dir={tmp_path}", "run.name=pipeline"])
-    trainer = PPOTrainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-        trainer.finish()
-    finally:
-        trainer.cleanup()
+    trainer = run_to_end(PPOTrainer(cfg))
     step = [r for r in read_metrics(trainer.run_dir) if r["step"] == 1][0]
     assert step["reward/model"] is not None and step["critic/vf_loss"] is not None  # the trained RM scored
     assert (trainer.run_dir / "final_policy" / "config.json").exists()
