@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
 
+    from rewards.types import RewardError
     from rlhf.config import ConfigError, load_config, to_yaml
+    from rlhf.errors import RunError
 
     try:
         if args.command == "plot":
@@ -46,14 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"rlhf: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:  # a dead worker, missing resources, NaN steps: what and where
+        print(f"rlhf: run failed: {err}", file=sys.stderr)
+        return 1
+    except RewardError as err:
+        print(f"rlhf: reward failed: {err}", file=sys.stderr)
+        return 1
 
 
 def train(cfg) -> int:
-    """Start (or join) Ray, run the PPO controller, always release the cluster's resources."""
-    from rlhf.controller import PPOTrainer
+    """Start (or join) Ray, run the PPO controller (restarting roles within the budget),
+    always release the cluster's resources."""
+    from rlhf.controller import train_with_restarts
     from rlhf.stage_run import execute
 
-    return execute(PPOTrainer, cfg)
+    return execute(train_with_restarts, cfg)
+
+
+def run_stage(command: str, recipe: str, overrides: list[str]) -> int:
+    """`rlhf sft` / `rlhf rm`: load the stage's config, then setup -> train -> finish -> cleanup."""
+    from rlhf.config import RMConfig, SFTConfig, load_config
+    from rlhf.stage_run import execute, run_to_end
+
+    if command == "sft":
+        from rlhf.sft import SFTRun as stage_cls
+        schema = SFTConfig
+    else:
+        from rlhf.rm import RMRun as stage_cls
+        schema = RMConfig
+    return execute(lambda cfg: run_to_end(stage_cls(cfg)), load_config(recipe, overrides, schema=schema))
 
 
 def connect_ray(cfg) -> bool:
@@ -66,6 +90,8 @@ def connect_ray(cfg) -> bool:
     env_vars = {k: os.environ[k] for k in ("DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES", "RLHF_CACHE_DIR",
                                            "RLHF_DEVICE") if k in os.environ}
     env_vars["TOKENIZERS_PARALLELISM"] = "false"
+    for key in _job_env_vars():  # set by `ray job submit --runtime-env`; ray.init refuses to set them again
+        env_vars.pop(key, None)
     runtime_env = {"env_vars": env_vars}
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
@@ -75,9 +101,17 @@ def connect_ray(cfg) -> bool:
         return False
     # Roles ask for fractional CPUs; logical CPUs may exceed the physical ones.
     num_cpus = cfg.cluster.num_cpus or max(os.cpu_count() or 1, 4)
-    ray.init(num_cpus=num_cpus, include_dashboard=cfg.cluster.dashboard, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, log_to_driver=True)
+    # "local": a new Ray, even if a `ray start` cluster runs on this machine (plain
+    # ray.init() would join that one, and then refuse num_cpus).
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=cfg.cluster.dashboard,
+             dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
     return True
+
+
+def _job_env_vars() -> dict:
+    """Environment variables of the submitted job's runtime env (empty outside `ray job submit`)."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return (job_config.get("runtime_env") or {}).get("env_vars") or {}
 
 
 if __name__ == "__main__":

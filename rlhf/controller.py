@@ -24,6 +24,7 @@ from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
 from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
+from rlhf.errors import NumericsError
 from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line, say
 from rlhf.tiny import resolve
 
@@ -38,6 +39,7 @@ class PPOTrainer:
         self.rewards = None
         self.logger = None
         self.peak_rss_gb = 0.0
+        self.bad_steps = 0         # steps skipped for NaN/Inf (run.max_bad_steps)
 
     # ================================================================ setup
     def setup(self) -> None:
@@ -60,8 +62,10 @@ class PPOTrainer:
         self._start_roles()
         start_step = self._resume(resume_from) if resume_from else 0
         self.step_index = start_step
+        # resuming (even from no checkpoint at all): lines of undone steps are set aside
+        rewound = resume_from is not None or cfg.run.resume == "auto"
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg),
-                                    resume_step=start_step if resume_from else None)
+                                    resume_step=start_step if resume_from else (-1 if rewound else None))
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
@@ -110,6 +114,7 @@ class PPOTrainer:
 
         cfg, started = self.cfg, time.time()
         self.placement = make_placement(cfg, role_requests(cfg))
+        self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
         pg, idx = self.placement.of("rollout")
         self.rollout = WorkerGroup(RolloutWorker, cfg.rollout.num_workers, num_cpus=cfg.rollout.num_cpus,
                                    num_gpus=cfg.rollout.num_gpus, placement_group=pg, bundle_indices=idx,
@@ -169,20 +174,21 @@ class PPOTrainer:
         # step 4. KL penalty and advantages (pure functions of the batch)
         with t("advantages"):
             batch, kl_metrics = self._advantages(batch)
-        # step 5+6. critic and actor updates, concurrently (different workers)
-        self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
-        with t("update"):
-            critic_refs = self.critic.call_split("update", batch) if self.critic else None
-            actor_metrics = self.actor.gather(self.actor.call_split(
-                "update", batch, temperature=cfg.rollout.temperature))[0]
-            critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
-        # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
-        self._rollout_memory("wake_up")
-        with t("sync"):
-            sync_metrics = self._sync_weights()
+        # step 5-7. critic and actor updates, weight sync; skipped when the batch has NaN/Inf
+        nonfinite = nonfinite_fields(batch)
+        if nonfinite:
+            self._bad_step(f"NaN/Inf in the batch ({nonfinite}): updates skipped")
+        else:
+            metrics.update(self._update_and_sync(batch))
+            self.kl_ctrl.update(kl_metrics["kl/mean"], n_steps=batch.size)
+            skipped = {k: v for k, v in metrics.items() if k.endswith("/skipped_steps") and v}
+            if skipped:
+                self._bad_step(f"NaN/Inf gradients: optimizer steps skipped {skipped} (" + ", ".join(
+                    f"{k}={metrics[k]:.4g}" for k in sorted(metrics) if k.endswith(("/grad_norm", "_loss"))) + ")")
         # step 8. metrics
-        self.kl_ctrl.update(kl_metrics["kl/mean"], n_steps=batch.size)
-        metrics.update(reward_metrics, **kl_metrics, **actor_metrics, **critic_metrics, **sync_metrics)
+        metrics.update(reward_metrics, **kl_metrics)
+        metrics["train/skipped"] = float(bool(nonfinite))
+        metrics["train/bad_steps"] = float(self.bad_steps)
         metrics.update(self._rollout_metrics(batch))
         metrics["timing/step"] = time.perf_counter() - step_start
         metrics.update(self.timer.pop())
@@ -194,6 +200,31 @@ class PPOTrainer:
         if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
             self._log_samples(rows, texts, batch.scores)
         return metrics
+
+    def _update_and_sync(self, batch: Batch) -> dict:
+        t = self.timer
+        # step 5+6. critic and actor updates, concurrently (different workers)
+        self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
+        with t("update"):
+            critic_refs = self.critic.call_split("update", batch) if self.critic else None
+            actor_metrics = self.actor.gather(self.actor.call_split(
+                "update", batch, temperature=self.cfg.rollout.temperature))[0]
+            critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
+        # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
+        self._rollout_memory("wake_up")
+        with t("sync"):
+            sync_metrics = self._sync_weights()
+        return {**actor_metrics, **critic_metrics, **sync_metrics}
+
+    def _bad_step(self, why: str) -> None:
+        """Count a NaN/Inf step; stop the run once more than run.max_bad_steps were seen."""
+        self.bad_steps += 1
+        limit = self.cfg.run.max_bad_steps
+        if self.bad_steps > limit:
+            raise NumericsError(f"step {self.step_index + 1}: {why}. That is {self.bad_steps} bad step(s), over "
+                                f"run.max_bad_steps={limit}: stopping. The last complete checkpoint is "
+                                f"{ckpt.latest(self.run_dir)}; lower the learning rates or check the rewards")
+        say(f"step {self.step_index + 1}: {why} (bad step {self.bad_steps} of at most {limit})")
 
     # ---------------------------------------------------------------- phases
     def _generate(self, rows: PromptSet, n: int, temperature: float, seed: int):
@@ -349,7 +380,7 @@ class PPOTrainer:
         self.actor.gather(refs)
         if critic_refs:
             self.critic.gather(critic_refs)
-        state = {"step": self.step_index, "weight_version": self.weight_version,
+        state = {"step": self.step_index, "weight_version": self.weight_version, "bad_steps": self.bad_steps,
                  "kl_controller": self.kl_ctrl.state_dict(), "sampler": self.sampler.state_dict(),
                  "python_rng": repr(random.getstate()), "torch_rng": torch.get_rng_state().tolist()}
         final = ckpt.commit(staging, state, self.cfg.run.keep_checkpoints)
@@ -366,6 +397,7 @@ class PPOTrainer:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
         self.weight_version = state["weight_version"] - 1
+        self.bad_steps = state.get("bad_steps", 0)
         self._sync_weights()  # the rollout engines start from the checkpoint's policy
         say(f"resumed from {path} at step {state['step']}")
         return state["step"]
@@ -394,7 +426,46 @@ class PPOTrainer:
             self.placement.remove()
 
 
+# ==================================================================== restarts
+def train_with_restarts(cfg: RunConfig) -> PPOTrainer:
+    """setup -> train -> finish (always cleanup). When a worker process dies and
+    run.resume=auto, start all roles afresh in the same run directory from its last
+    checkpoint, at most run.max_restarts times; otherwise the WorkerError ends the run."""
+    from rlhf.stage_run import run_to_end
+    from workers.group import WorkerError
+
+    restarts = 0
+    while True:
+        trainer = PPOTrainer(cfg)
+        try:
+            return run_to_end(trainer)
+        except WorkerError as err:
+            run_dir = getattr(trainer, "run_dir", None)
+            if not err.died or run_dir is None:
+                raise
+            if cfg.run.resume != "auto" or restarts >= cfg.run.max_restarts:
+                raise WorkerError(f"{err}. Restarts used: {restarts} of run.max_restarts={cfg.run.max_restarts} "
+                                  f"(restarting needs run.resume=auto). Resume by hand: rlhf train <recipe> "
+                                  f"run.resume=auto run.run_dir={run_dir}", died=True) from err
+            restarts += 1
+            say(f"{err}\nrestart {restarts}/{cfg.run.max_restarts}: new roles, resuming from the last "
+                f"checkpoint in {run_dir}")
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
+
+
 # ==================================================================== helpers
+def nonfinite_fields(batch: Batch) -> str:
+    """'' if every float tensor the updates read is finite, else e.g. 'scores: 2 NaN'."""
+    names = ("scores", "token_rewards", "old_logprobs", "ref_logprobs", "values", "advantages", "returns")
+    found = []
+    for name in names:
+        tensor = getattr(batch, name)
+        if tensor is not None and not torch.isfinite(tensor).all():
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            found.append(f"{name}: " + ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n))
+    return "; ".join(found)
+
+
 def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
                 group_ids: torch.Tensor, versions: torch.Tensor, response_len: int, pad_id: int) -> Batch:
     """Left-pad prompts, right-pad responses to `response_len` (see rlhf/batch.py)."""

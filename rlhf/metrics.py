@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -54,17 +55,30 @@ def _clean(value):
 class MetricsLogger:
     """Appends one JSON object per step to metrics.jsonl and forwards to trackers.
 
-    On resume, lines of steps after the checkpoint are dropped first, so the file
-    reads as one uninterrupted run.
+    On resume from step k, lines of steps after k move to metrics.rolled_back.jsonl
+    (they describe work the resumed run redoes), so metrics.jsonl reads as one
+    uninterrupted run and no line is lost. A torn last line (killed mid-write) moves too.
     """
+
+    ROLLED_BACK = "metrics.rolled_back.jsonl"
 
     def __init__(self, run_dir: Path, trackers: list[str], config: dict, resume_step: int | None = None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            self._rewind(resume_step)
         self.trackers = [make_tracker(name, run_dir, config) for name in trackers]
+
+    def _rewind(self, resume_step: int) -> None:
+        kept, moved = [], []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                (kept if _step_of(line) <= resume_step else moved).append(line)
+        if moved:
+            with open(self.path.parent / self.ROLLED_BACK, "a") as handle:
+                handle.write("".join(line + "\n" for line in moved))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
 
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in sorted(metrics.items())}}
@@ -77,6 +91,14 @@ class MetricsLogger:
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()
+
+
+def _step_of(line: str) -> float:
+    """Step of a metrics line; a torn (unparsable) line counts as after every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -2,23 +2,30 @@
 
 Only the controller imports this (it needs ray). `colocated` puts every role in one
 placement group (on GPU they share devices); `split` gives each role its own group,
-which Ray may place on different nodes. Resources are checked against the cluster
-before anything is created, so a request that cannot fit fails with a message
-instead of waiting forever.
+which Ray may place on different nodes; `cluster.role_resources` adds custom Ray
+resources to a role's ranks, which pins the role to the nodes that have them.
+Resources are checked against the cluster (totals, and each rank against single
+nodes) before anything is created, so a request that cannot fit fails with a
+message naming the role and resource instead of waiting forever. Where the ranks
+landed is written to the run directory (`placement.json`) and printed.
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 
 from rlhf.config.schema import RunConfig
+from rlhf.metrics import say
+from rlhf.errors import RunError
 from workers import device as dev
 
 
-class ClusterResourceError(RuntimeError):
+class ClusterResourceError(RunError):
     """The cluster lacks what the config asks for."""
 
 
@@ -28,6 +35,12 @@ class RoleRequest:
     count: int
     num_cpus: float
     num_gpus: float
+    resources: dict = field(default_factory=dict)  # custom Ray resources per rank (cluster.role_resources)
+
+    def bundle(self, gpu: bool) -> dict:
+        """Ray resources of one rank: its placement-group bundle."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus if gpu else 0.0, **self.resources}
+        return {k: v for k, v in wanted.items() if v}
 
 
 def role_requests(cfg: RunConfig) -> list[RoleRequest]:
@@ -41,22 +54,53 @@ def role_requests(cfg: RunConfig) -> list[RoleRequest]:
     return reqs
 
 
+def with_role_resources(cfg, reqs: list[RoleRequest]) -> list[RoleRequest]:
+    """Add each role's `cluster.role_resources` to its request (PPO roles and the sft/rm stages)."""
+    extra = cfg.cluster.role_resources
+    return [replace(r, resources={**extra.get(r.role, {}), **r.resources}) for r in reqs]
+
+
 def check_cluster(reqs: list[RoleRequest]) -> None:
     """Fail fast when the cluster cannot host the requested roles."""
-    gpu = dev.detect().is_gpu
-    need_cpu = sum(r.count * r.num_cpus for r in reqs)
-    need_gpu = sum(r.count * r.num_gpus for r in reqs) if gpu else 0.0
-    have = ray.cluster_resources()
-    problems = []
-    if need_cpu > have.get("CPU", 0) + 1e-9:
-        problems.append(f"{need_cpu:g} CPUs (cluster has {have.get('CPU', 0):g})")
-    if need_gpu > have.get("GPU", 0) + 1e-9:
-        problems.append(f"{need_gpu:g} GPUs (cluster has {have.get('GPU', 0):g})")
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems = resource_problems(reqs, nodes, dev.detect().is_gpu)
     if problems:
-        detail = ", ".join(f"{r.role}: {r.count} x ({r.num_cpus:g} CPU, {r.num_gpus:g} GPU)" for r in reqs)
         raise ClusterResourceError(
-            f"the roles need {' and '.join(problems)}; requested {detail}. Lower <role>.num_cpus / "
-            f"num_gpus / num_workers in the config or use a larger cluster")
+            "the cluster cannot host the roles:\n  " + "\n  ".join(problems) + "\nLower <role>.num_cpus / "
+            "num_gpus / num_workers, fix cluster.role_resources, or start nodes with those resources "
+            "(`ray start --num-cpus N --resources '{\"name\": N}'`); see `ray status`")
+
+
+def resource_problems(reqs: list[RoleRequest], nodes: list[dict], gpu: bool) -> list[str]:
+    """What the cluster (one resource dict per alive node) lacks, one line per problem.
+
+    Two checks: each resource's total over all ranks against the cluster's total, and
+    each rank's bundle against single nodes (a bundle never spans nodes)."""
+    problems, need, users, short = [], {}, {}, set()
+    for r in reqs:
+        for name, amount in r.bundle(gpu).items():
+            need[name] = need.get(name, 0.0) + r.count * amount
+            users.setdefault(name, []).append(f"{r.role} {r.count} x {amount:g}")
+    for name, amount in need.items():
+        have = sum(node.get(name, 0.0) for node in nodes)
+        if amount > have + 1e-9:
+            short.add(name)
+            problems.append(f"resource {name!r}: the roles need {amount:g} ({', '.join(users[name])}), "
+                            f"the cluster has {have:g}")
+    for r in reqs:
+        bundle = r.bundle(gpu)
+        if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()) for node in nodes):
+            missing = [k for k, v in bundle.items() if not any(node.get(k, 0.0) + 1e-9 >= v for node in nodes)]
+            if missing and set(missing) <= short:
+                continue  # already reported as a cluster-wide shortage
+            why = (f"no node has enough {', '.join(map(repr, missing))}" if missing
+                   else "no single node has all of it")
+            problems.append(f"role {r.role!r}: one rank needs {_fmt(bundle)}; {why}")
+    return problems
+
+
+def _fmt(resources: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in resources.items()) + "}"
 
 
 @dataclass
@@ -75,18 +119,35 @@ class Placement:
             except Exception:  # already gone with the cluster
                 pass
 
+    def nodes(self) -> dict[str, list[dict]]:
+        """Role -> the node of each rank ({"node_id", "ip"}), read from the placement groups."""
+        ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        out = {}
+        for role, (pg, idx) in self.slots.items():
+            on = placement_group_table(pg)["bundles_to_node_id"]
+            out[role] = [{"node_id": on[i], "ip": ips.get(on[i])} for i in idx]
+        return out
 
-def _bundle(req: RoleRequest) -> dict:
-    return {k: v for k, v in (("CPU", req.num_cpus), ("GPU", req.num_gpus if dev.detect().is_gpu else 0)) if v}
+    def save(self, path: Path) -> None:
+        """Write placement.json (role -> node of each rank) and print the roles of each node."""
+        nodes = self.nodes()
+        Path(path).write_text(json.dumps(nodes, indent=1))
+        per_node: dict[str, list[str]] = {}
+        for role, ranks in nodes.items():
+            for rank in ranks:
+                per_node.setdefault(f"{rank['node_id'][:8]} ({rank['ip']})", []).append(role)
+        say("placement: " + "; ".join(f"node {n}: {', '.join(roles)}" for n, roles in per_node.items()))
 
 
 def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 120.0) -> Placement:
+    reqs = with_role_resources(cfg, reqs)
     check_cluster(reqs)
+    gpu = dev.detect().is_gpu
     placement = Placement()
     if cfg.cluster.placement == "colocated":
         bundles, slots, index = [], {}, 0
         for req in reqs:
-            bundles += [_bundle(req)] * req.count
+            bundles += [req.bundle(gpu)] * req.count
             slots[req.role] = list(range(index, index + req.count))
             index += req.count
         pg = placement_group(bundles, strategy="PACK", name="rlhf-colocated")
@@ -95,7 +156,7 @@ def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 1
         placement.slots = {role: (pg, idx) for role, idx in slots.items()}
     else:
         for req in reqs:
-            pg = placement_group([_bundle(req)] * req.count, strategy="PACK", name=f"rlhf-{req.role}")
+            pg = placement_group([req.bundle(gpu)] * req.count, strategy="PACK", name=f"rlhf-{req.role}")
             _wait(pg, f"placement group of role {req.role}", timeout_s)
             placement.groups.append(pg)
             placement.slots[req.role] = (pg, list(range(req.count)))

@@ -139,13 +139,14 @@ def run_to_end(stage):
         stage.cleanup()
 
 
-def execute(stage_cls: type, cfg) -> int:
-    """CLI entry for any stage (PPO, SFT, RM): start (or join) Ray, run it, always release the cluster's resources."""
+def execute(run, cfg) -> int:
+    """CLI entry for any stage (PPO, SFT, RM): start (or join) Ray, `run(cfg)` (returns the
+    finished stage), always release the cluster's resources."""
     from rlhf.cli import connect_ray
 
     started_ray = connect_ray(cfg)
     try:
-        say(f"done: {run_to_end(stage_cls(cfg)).run_dir}")
+        say(f"done: {run(cfg).run_dir}")
         return 0
     finally:
         if started_ray:

@@ -26,7 +26,8 @@ def ray_session():
     setup_process_env()
     if not ray.is_initialized():
         # Logical CPUs > physical: roles ask for fractions, and tests must not starve.
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True,
+        # address="local": never join a `ray start` cluster running on this machine.
+        ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()

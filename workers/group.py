@@ -25,11 +25,17 @@ from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.batch import Batch, cat_rows
+from rlhf.errors import RunError
 from workers import device as dev
 
 
-class WorkerError(RuntimeError):
-    """A rank of a worker group failed, died or timed out."""
+class WorkerError(RunError):
+    """A rank of a worker group failed, died or timed out. `died`: its process is gone
+    (killed, out of memory, node lost), so restarting the roles may help."""
+
+    def __init__(self, message: str, died: bool = False):
+        super().__init__(message)
+        self.died = died
 
 
 class RankRefs(list):
@@ -130,8 +136,8 @@ class WorkerGroup:
                     raise WorkerError(f"{self.role} rank {rank} failed in {method}: "
                                       f"{type(cause).__name__}: {cause}") from err
                 except (RayError, GetTimeoutError) as err:  # actor died, unreachable, ...
-                    raise WorkerError(f"{self.role} rank {rank} failed in {method}: "
-                                      f"{type(err).__name__}: {err}") from err
+                    raise WorkerError(f"{self.role} rank {rank} died in {method}: "
+                                      f"{type(err).__name__}: {_first_line(err)}", died=True) from err
         return [results[rank] for rank in range(len(refs))]
 
     def gather_cat(self, refs: list, timeout: float | None = None):
@@ -154,3 +160,9 @@ class WorkerGroup:
             except Exception:  # already gone
                 pass
         self.actors = []
+
+
+def _first_line(err: Exception) -> str:
+    """Ray's death errors run to many lines of context; the first says what happened."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""

@@ -231,6 +231,44 @@ def zero3_sharded_loading(ds_config: dict):
     return HfDeepSpeedConfig(ds_config)
 
 
+class FiniteStepAdamW(torch.optim.AdamW):
+    """AdamW that skips a step whose gradients hold NaN/Inf and says so in `overflow`,
+    the flag DeepSpeed's engine reads to count skipped steps (and to hold the LR
+    schedule). For ZeRO-0 fp32, where no DeepSpeed optimizer wrapper checks."""
+
+    overflow = False
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
+        return None if self.overflow else super().step(closure)
+
+
+def _deepspeed_checkpoint_types() -> list:
+    """The only non-tensor classes DeepSpeed 0.19 puts in its checkpoint files."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+def load_checkpoints_weights_only(engine) -> None:
+    """Make `engine.load_checkpoint` read files with torch.load(weights_only=True), which
+    never runs code from the file: tensors, containers and the allow-listed DeepSpeed
+    types only (DeepSpeed itself unpickles everything)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(_deepspeed_checkpoint_types()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise RuntimeError(f"unexpected DeepSpeed checkpoint engine {type(engine.checkpoint_engine).__name__}")
+    engine.checkpoint_engine.__class__ = WeightsOnlyCheckpointEngine  # keeps its configured state
+
+
 class _Stats:
     """Per-update metrics. `share` values are parts of a mini-batch total (the loss with
     global normalisation): summed over micro-batches and ranks, averaged over
@@ -292,10 +330,20 @@ class DeepSpeedTrainer(RankWorker):
         if self.cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         factor = warmup_then_constant(self.cfg.warmup_steps)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if self.cfg.zero_stage == 0 and not bf16:  # the one set-up where DeepSpeed checks nothing
+            opt = self.ds_config.pop("optimizer")["params"]
+            optimizer = FiniteStepAdamW(params, lr=opt["lr"], betas=opt["betas"], eps=opt["eps"],
+                                        weight_decay=opt["weight_decay"])
         self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.ds_config,
+            model=model, model_parameters=params, optimizer=optimizer, config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
+        # ZeRO optimizers skip a step whose gradients hold NaN/Inf only when this is on
+        # (DeepSpeed turns it off for fp32)
+        if hasattr(self.engine.optimizer, "check_grad_overflow"):
+            self.engine.optimizer.check_grad_overflow = True
+        load_checkpoints_weights_only(self.engine)
 
     # ---------------------------------------------------------------- training
     def _train(self, batch: Batch, epochs: int, loss_fn) -> dict[str, float]:
@@ -317,6 +365,7 @@ class DeepSpeedTrainer(RankWorker):
         # gradient exactly the gradient of the full mini-batch loss.
         scale = self.world_size * self.grad_accum
         stats = _Stats()
+        skipped_before = self.engine.skipped_steps
         self.engine.train()
         for _ in range(epochs):
             for mini in batch.chunks(batch.size // mini_per_rank):
@@ -337,7 +386,11 @@ class DeepSpeedTrainer(RankWorker):
                 grad_norm = own_norm if grad_norm is None else grad_norm
                 stats.add("step", f"{self.role}/grad_norm", math.nan if grad_norm is None else float(grad_norm))
                 stats.add("step", f"{self.role}/lr", lr)
-        return stats.reduce(self)
+        metrics = stats.reduce(self)
+        # optimizer steps skipped for NaN/Inf gradients; the same on every rank (the
+        # decision is all-reduced, or taken on already all-reduced gradients at ZeRO-0)
+        metrics[f"{self.role}/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
+        return metrics
 
     def _reduced_grad_norm(self) -> float:
         """Pre-clip global grad norm for ZeRO-0 fp32, where DeepSpeed does not record it

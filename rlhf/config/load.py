@@ -101,6 +101,7 @@ def validate(cfg: RunConfig) -> None:
     _check_registries(cfg)
     _check_batch_arithmetic(cfg)
     _check_ranges(cfg)
+    check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
 
 
 def _get(cfg, dotted: str):
@@ -189,6 +190,28 @@ def validate_stage(cfg: SFTConfig | RMConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"config key '{key}' is {value!r}; expected one of {list(allowed)}")
+    check_role_resources(cfg.cluster.role_resources, (cfg.stage,))  # the stage's worker role is its name
+
+
+# ---------------------------------------------------------------- cluster.role_resources
+PPO_ROLES = ("rollout", "actor", "critic", "reference", "reward_model")
+# Ray's built-in resources have their own config keys (<role>.num_cpus / num_gpus).
+_BUILTIN_RESOURCES = ("cpu", "gpu", "memory", "object_store_memory")
+
+
+def check_role_resources(role_resources: dict, roles: tuple[str, ...]) -> None:
+    """Role names must exist; resources must be custom ones with quantities Ray accepts."""
+    for role, resources in role_resources.items():
+        key = f"cluster.role_resources.{role}"
+        if role not in roles:
+            raise ConfigError(f"config key '{key}': unknown role {role!r}; roles: {list(roles)}")
+        for name, amount in resources.items():
+            if name.lower() in _BUILTIN_RESOURCES:
+                raise ConfigError(f"config key '{key}.{name}': {name!r} is a built-in Ray resource; set it "
+                                  f"with the role's num_cpus / num_gpus keys; role_resources is for custom resources")
+            # Ray rejects fractional requests above 1 (a rank asks for a share of one unit or whole units).
+            if amount <= 0 or (amount > 1 and amount != int(amount)):
+                raise ConfigError(f"config key '{key}.{name}' must be in (0, 1] or a whole number (got {amount:g})")
 
 
 _VALIDATORS = {RunConfig: validate, SFTConfig: validate_stage, RMConfig: validate_stage}

@@ -170,6 +170,10 @@ class ClusterSection:
     num_cpus: Optional[int] = None     # CPUs of a locally started Ray (default: all)
     placement: str = "colocated"       # "colocated" (one placement group) | "split" (one per role)
     dashboard: bool = False            # local Ray dashboard (binds 127.0.0.1)
+    # Per role, custom Ray resources each rank also asks for: {rollout: {rlhf_worker: 1}} puts the
+    # rollout engines on nodes started with `ray start --resources '{"rlhf_worker": 8}'`.
+    # Roles: rollout, actor, critic, reference, reward_model (sft / rm for those stages).
+    role_resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
