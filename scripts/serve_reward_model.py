@@ -65,7 +65,7 @@ def load_scorer(model_path: str, *, device: str = "cpu", batch_size: int = 8, ma
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="local folder with config, tokenizer and *.safetensors")
-    ap.add_argument("--host", default="127.0.0.1", help="bind address (no auth: keep it local unless firewalled)")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; no auth: keep it local unless firewalled)")
     ap.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     ap.add_argument("--device", default="cpu", help="torch device for the model")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")

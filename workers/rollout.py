@@ -49,6 +49,7 @@ class RolloutWorker:
         self.llm = LLM(
             model=model_path,
             dtype=self.cfg.dtype,
+            load_format="safetensors",  # never unpickle weights
             enforce_eager=self.cfg.enforce_eager,
             seed=seed + rank,
             logprobs_mode="processed_logprobs",

@@ -97,11 +97,12 @@ def _no_dropout(config) -> None:
 
 
 def load_causal_lm(path: str, dtype: torch.dtype = torch.float32):
+    """Safetensors only (here and in load_value_model): pickled .bin weights are refused."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     _no_dropout(config)
-    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, use_safetensors=True)
 
 
 def _checkpoint_keys(path: str) -> set[str]:
@@ -137,7 +138,8 @@ def load_value_model(path: str, seed: int, dtype: torch.dtype = torch.float32):
     config.classifier_dropout = 0.0
     _no_dropout(config)
     torch.manual_seed(seed)  # init of any weight missing from the checkpoint (new head)
-    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype,
+                                                           use_safetensors=True)
 
 
 # ==================================================================== forwards

@@ -96,3 +96,11 @@ def test_unreachable_reward_server_fails_the_step_with_its_url(ray_session, tiny
     assert url in err and "unreachable" in err and "judge" in err
     (run_dir,) = list(tmp_path.glob("remote-*"))
     assert (run_dir / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("command,recipe", [("sft", "sft_tiny.yaml"), ("rm", "rm_tiny.yaml")])
+def test_stage_commands_check_their_recipes(command, recipe, capsys):
+    from rlhf.cli import main
+
+    assert main([command, str(ROOT / "recipes" / recipe), "trainer.lr=fast"]) == 2
+    assert "trainer.lr" in capsys.readouterr().err
