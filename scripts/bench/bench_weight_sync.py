@@ -54,23 +54,37 @@ def memcpy_seconds(nbytes: int, repeats: int) -> float:
 
 def bench_model(label: str, path: str, transports: list[str], repeats: int, bucket_mb: int) -> list[dict]:
     import ray
-    from transformers import AutoModelForCausalLM
 
     from rlhf.config.schema import RolloutSection
     from workers.rollout import RolloutWorker
-    from workers.weight_sync import WeightSender
 
     cfg = RolloutSection(memory_fraction=0.1, kv_cache_gib=1.0)
     t0 = time.perf_counter()
     worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(path, cfg)
     ray.get(worker.ready.remote())
     start = time.perf_counter() - t0
+    rows = measure_sync(worker, label, path, transports, repeats, bucket_mb, cfg.dtype)
+    for row in rows:
+        row["engine_start_seconds"] = start
+    ray.kill(worker)
+    return rows
+
+
+def measure_sync(worker, label: str, path: str, transports: list[str], repeats: int, bucket_mb: int,
+                 dtype: str) -> list[dict]:
+    """Sync the weights at `path` from this process into a running RolloutWorker
+    (`repeats` timed runs per transport after one warm-up) and compare with the floor."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from workers.weight_sync import WeightSender
+
     state = list(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict().items())
     reload_s = ray.get(worker.benchmark_reload.remote(path, repeats))
     rows = []
-    version = 0
+    version = ray.get(worker.weight_version.remote())  # versions must increase
     for name in transports:
-        sender = WeightSender(name, bucket_bytes=bucket_mb << 20, dtype=cfg.dtype)
+        sender = WeightSender(name, bucket_bytes=bucket_mb << 20, dtype=dtype)
         sender.connect([worker])
         runs = []
         for i in range(repeats + 1):  # the first run warms up (page faults, group buffers)
@@ -84,9 +98,7 @@ def bench_model(label: str, path: str, transports: list[str], repeats: int, buck
         floor = memcpy_seconds(nbytes, repeats) + reload_s
         rows.append({"model": label, "transport": name, "bytes": nbytes, "buckets": best["sync/buckets"],
                      "seconds": best["sync/seconds"], "GBps": best["sync/GBps"], "floor_seconds": floor,
-                     "reload_seconds": reload_s, "ratio_to_floor": best["sync/seconds"] / floor,
-                     "engine_start_seconds": start})
-    ray.kill(worker)
+                     "reload_seconds": reload_s, "ratio_to_floor": best["sync/seconds"] / floor})
     return rows
 
 
