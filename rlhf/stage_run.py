@@ -63,6 +63,7 @@ class StageRun:
         t, started = self.cfg.trainer, time.time()
         self.placement = make_placement(self.cfg, [RoleRequest(self.worker_cls.role, t.num_workers, t.num_cpus,
                                                                t.num_gpus)])
+        self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
         pg, idx = self.placement.of(self.worker_cls.role)
         self.group = WorkerGroup(self.worker_cls, t.num_workers, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
                                  placement_group=pg, bundle_indices=idx, name=self.worker_cls.role,

@@ -44,6 +44,7 @@ def sft_export(ray_session, tiny, tmp_path_factory):
         assert records[-1].get(key) is not None, key
     assert records[-1]["sft/eval_loss"] < records[0]["sft/eval_loss"]  # lr 2e-3 from random init: drops at once
     assert (run_dir / "config.yaml").read_text().startswith("stage: sft")
+    assert len(json.loads((run_dir / "placement.json").read_text())["sft"]) == 1  # node of each rank
     return export
 
 
