@@ -100,6 +100,11 @@ class ActorWorker(DeepSpeedTrainer):
         self.sender = WeightSender(transport, bucket_bytes, dtype)
         return self.sender.connect(rollout_handles)
 
+    def shutdown(self) -> bool:
+        if getattr(self, "sender", None) is not None:
+            self.sender.close()
+        return True
+
     def push_weights(self, version: int) -> dict:
         """Gather full HF-named weights (collective under ZeRO-3: every rank calls this)
         and stream them through rank 0's sender. Returns the sync stats on rank 0."""

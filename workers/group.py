@@ -152,8 +152,18 @@ class WorkerGroup:
         """call_split + gather_cat (for verbs returning per-row tensors)."""
         return self.gather_cat(self.call_split(method, batch, **kwargs), timeout)
 
-    def kill(self) -> None:
-        """End every rank's process (no graceful shutdown: use after a failure or at the end)."""
+    def kill(self, grace_s: float = 15.0) -> None:
+        """End every rank's process: ask each to `shutdown` (release shared memory, engine
+        processes) for up to `grace_s` seconds, then kill. Dead or stuck ranks only cost
+        the wait."""
+        refs = []
+        for actor in self.actors:
+            try:
+                refs.append(actor.shutdown.remote())
+            except Exception:  # no such verb, or already gone
+                pass
+        if refs and grace_s > 0:
+            ray.wait(refs, num_returns=len(refs), timeout=grace_s)
         for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)

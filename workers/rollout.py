@@ -119,6 +119,15 @@ class RolloutWorker:
     def ready(self) -> bool:
         return True
 
+    def shutdown(self) -> bool:
+        """Stop the engine's processes the orderly way, so they remove their shared-memory
+        queues (a plain kill leaves them in /dev/shm)."""
+        engine_core = getattr(getattr(self, "llm", None), "llm_engine", None)
+        engine_core = getattr(engine_core, "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+        return True
+
     def engine_info(self) -> dict:
         """Where this engine runs and how many vLLM worker processes it has (sync setup)."""
         import ray

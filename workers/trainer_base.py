@@ -70,6 +70,10 @@ class RankWorker:
         self.setup()
         return True
 
+    def shutdown(self) -> bool:
+        """Release what outlives the process (files, sockets) before the group kills it."""
+        return True
+
     def init_single(self) -> bool:
         """Set up as a world of one in this process (no Ray)."""
         return self.init_process(0, 1, 0, "127.0.0.1", free_port())

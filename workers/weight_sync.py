@@ -107,6 +107,36 @@ def _free_port() -> int:
 # A transport moves one bucket's bytes. Sender half: `setup` once, `stage` each bucket
 # before the Ray calls go out (returns extra meta for the receivers), `push` after.
 
+SHM_PREFIX = "rlhf-wsync-"  # + <sender pid>-<id>-<bucket index>
+
+
+def remove_stale_shm_files(folder: str) -> list[str]:
+    """Delete the bucket files of senders that no longer run (a killed trainer never
+    closes its transport). Returns the removed paths."""
+    import glob
+
+    removed = []
+    for path in glob.glob(os.path.join(folder, SHM_PREFIX + "*")):
+        pid = os.path.basename(path)[len(SHM_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 class _ShmTransport:
     """One /dev/shm file per bucket index, reused across syncs (tmpfs pages stay
     allocated: the first sync pays the page faults, later ones only the memcpy).
@@ -114,7 +144,8 @@ class _ShmTransport:
     overwrites a file it still reads: files are per bucket, not a ring."""
 
     def __init__(self):
-        self.prefix = os.path.join(dev.shared_memory_dir(), f"rlhf-wsync-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        remove_stale_shm_files(dev.shared_memory_dir())
+        self.prefix = os.path.join(dev.shared_memory_dir(), f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.maps: dict[int, Tensor] = {}  # bucket index -> our mapping of its file
 
     def spec(self) -> dict:

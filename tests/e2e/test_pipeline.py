@@ -50,6 +50,12 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
     final = run_dir / "final_policy"
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(final)
+    # cleanup shut the roles down in order: no weight-sync file of a dead sender is left
+    from workers.device import shared_memory_dir
+    from workers.weight_sync import SHM_PREFIX, _pid_alive
+
+    senders = {int(f.name[len(SHM_PREFIX):].split("-")[0]) for f in Path(shared_memory_dir()).glob(SHM_PREFIX + "*")}
+    assert all(_pid_alive(pid) for pid in senders)
 
 
 def test_grpo_with_verl_and_openrlhf_reward_files(ray_session, tiny, tmp_path):

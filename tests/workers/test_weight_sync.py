@@ -44,6 +44,24 @@ def test_oversized_tensor_gets_its_own_bucket_and_sizes_are_bounded():
     assert bucket_count(sizes, 256) == len(buckets)
 
 
+def test_shm_files_of_dead_senders_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from workers.weight_sync import SHM_PREFIX, remove_stale_shm_files
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that just ended
+    stale = tmp_path / f"{SHM_PREFIX}{dead}-abcd1234-0"
+    live = tmp_path / f"{SHM_PREFIX}{os.getpid()}-abcd1234-0"
+    other = tmp_path / "psm_1234"
+    for path in (stale, live, other):
+        path.write_bytes(b"x")
+    assert remove_stale_shm_files(str(tmp_path)) == [str(stale)]
+    assert live.exists() and other.exists() and not stale.exists()
+
+
 def test_sender_rejects_unknown_transport():
     with pytest.raises(ValueError, match="sync.transport"):
         WeightSender("carrier_pigeon", 1024, torch.bfloat16)
