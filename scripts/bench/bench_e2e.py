@@ -17,7 +17,7 @@ worked here (TRL_SETTING). Reported: seconds from the command to the end of the 
 step (start-up), the median seconds per step after the first, generated tokens per
 second and peak resident memory of the whole process tree (sampled every 0.25 s).
 
-    .venv/bin/python scripts/bench/bench_e2e.py [--steps 6] [--prompts-per-step 16] [--n 8]
+    .venv/bin/python scripts/bench/bench_e2e.py [--steps 4] [--prompts-per-step 16] [--n 8]
         [--max-new-tokens 128] [--sides ours,ours_all_cores,trl] [--out-dir scripts/bench/results]
 
 ~8 minutes on 2 cores (~2.5 per side; the first run adds ~1 minute to make TRL's venv).
@@ -41,9 +41,11 @@ import common
 HERE = Path(__file__).resolve().parent
 TRL_VERSION = "1.16.0"
 TRL_PACKAGES = ["torch==2.13.0+cpu", f"trl=={TRL_VERSION}"]  # the CPU torch wheel comes from pip's find-links
-# Fastest TRL setting that ran here (bench_e2e.py --trl-weights-dtype ... compares them):
-# bf16 autocast with bf16 weights (no fp32 master copy). See BENCHMARKS.md.
-TRL_SETTING = {"bf16": True, "weights_dtype": "bfloat16"}
+# TRL's fastest setting here: bf16 autocast over fp32 weights (`bf16=True`, as our
+# DeepSpeed bf16 keeps fp32 master weights) and no gradient checkpointing (GRPOConfig
+# turns it on by default; it recomputes the forward). The other settings tried
+# (--sides trl_bf16_weights,...) were no faster; see BENCHMARKS.md.
+TRL_SETTING = {"bf16": True, "weights_dtype": "float32", "gradient_checkpointing": False}
 
 
 @dataclass
@@ -53,7 +55,7 @@ class E2ESettings:
     max_new_tokens: int = 128
     micro_batch: int = 64       # sequences per forward/backward
     lr: float = 1e-5
-    steps: int = 6
+    steps: int = 4              # the first is start-up / warm-up: 3 timed
     kl_coef: float = 0.01       # k3 KL in the loss (TRL's beta)
     clip_low: float = 0.2
     clip_high: float = 0.28
@@ -177,8 +179,10 @@ def run_trl(s: E2ESettings, work: Path, setting: dict) -> dict:
     logs = [r["logs"] for r in records if r["event"] == "log" and "completions/mean_length" in r["logs"]]
     between_ends = [b - a for a, b in zip(ends, ends[1:])]  # wall clock of steps 2.. (the first includes start-up)
     lengths = [log["completions/mean_length"] for log in logs]
+    generate = [r["seconds"] for r in records if r["event"] == "generate"]
     return {**watched, "first_step_seconds": ends[0] - launched, "step_seconds": between_ends,
             "trl_logged_step_time": [log.get("step_time") for log in logs],
+            "phase_seconds": {"generate": statistics.median(generate[1:] or generate)} if generate else {},
             "seconds_per_step": statistics.median(between_ends),
             "tokens_per_step": statistics.median(lengths) * s.sequences, "response_length": lengths[-1],
             "reward_first_last": [logs[0]["reward"], logs[-1]["reward"]],
@@ -190,7 +194,9 @@ SIDES = {
     "ours": lambda s, work: run_ours(s, work, {}),
     "ours_all_cores": lambda s, work: run_ours(s, work, {"OMP_NUM_THREADS": str(os.cpu_count())}),
     "trl": lambda s, work: run_trl(s, work, TRL_SETTING),
-    "trl_fp32_weights": lambda s, work: run_trl(s, work, {"bf16": True, "weights_dtype": "float32"}),
+    "trl_default_checkpointing": lambda s, work: run_trl(s, work, {**TRL_SETTING, "gradient_checkpointing": True}),
+    "trl_bf16_weights": lambda s, work: run_trl(s, work, {**TRL_SETTING, "weights_dtype": "bfloat16"}),
+    "trl_continuous_batching": lambda s, work: run_trl(s, work, {**TRL_SETTING, "continuous_batching": True}),
 }
 
 
@@ -213,17 +219,26 @@ def run(s: E2ESettings, sides: list[str]) -> dict:
     return out
 
 
+def startup_seconds(side: dict) -> float:
+    """Command -> step 1 begins: the end of step 1 minus its own duration (ours:
+    timing/step, TRL: its logged step_time)."""
+    first = side["trl_logged_step_time"][0] if "trl_logged_step_time" in side else side["step_seconds"][0]
+    return side["first_step_seconds"] - first
+
+
 def report(result: dict) -> str:
     st = result["settings"]
     rows = [[name, side["seconds_per_step"], side["tokens_per_s"], side.get("throughput_vs_trl", float("nan")),
-             side["first_step_seconds"], side["peak_rss_gib"]] for name, side in result["sides"].items()]
+             startup_seconds(side), side["first_step_seconds"], side["peak_rss_gib"]]
+            for name, side in result["sides"].items()]
     head = (f"GRPO, {st['prompts_per_step']} prompts x {st['n']} samples x {st['max_new_tokens']} tokens per step, "
             f"{st['steps']} steps, lr {st['lr']}")
-    lines = [head, common.format_table(["e2e", "s / step", "gen. tokens/s", "x TRL", "command -> 1st step s",
-                                        "peak RSS GiB"], rows)]
-    ours = result["sides"].get("ours")
-    if ours:
-        lines.append("our phases (s, median): " + ", ".join(f"{k} {v:.2f}" for k, v in ours["phase_seconds"].items()))
+    lines = [head, common.format_table(["e2e", "s / step", "gen. tokens/s", "x TRL", "command -> step 1 starts s",
+                                        "-> step 1 ends s", "peak RSS GiB"], rows)]
+    for name, side in result["sides"].items():
+        if side.get("phase_seconds"):
+            lines.append(f"{name} phases (s, median): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in side["phase_seconds"].items()))
     return "\n".join(lines)
 
 

@@ -10,8 +10,8 @@ optimizer steps, as raising train.prompts_per_step in a recipe would. Each point
 --steps steps after one warm-up step at the new shape; reported: median seconds per
 step, its phases, and generated tokens per second.
 
-    .venv/bin/python scripts/bench/bench_scaling.py [--batches 64,128,256] [--lengths 64,128,256]
-        [--base-batch 128] [--base-length 128] [--steps 1] [--out-dir scripts/bench/results]
+    .venv/bin/python scripts/bench/bench_scaling.py [--batches 32,64,128] [--lengths 32,64,128]
+        [--base-batch 64] [--base-length 64] [--mini-batch 32] [--steps 1] [--out-dir scripts/bench/results]
 
 ~5 minutes on 2 cores.
 """
@@ -104,11 +104,11 @@ def report(result: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
-    parser.add_argument("--batches", type=ints, default=[64, 128, 256], help="sequences per step")
-    parser.add_argument("--lengths", type=ints, default=[64, 128, 256], help="response tokens")
-    parser.add_argument("--base-batch", type=int, default=128)
-    parser.add_argument("--base-length", type=int, default=128)
-    parser.add_argument("--mini-batch", type=int, default=64, help="sequences per optimizer step (and micro-batch)")
+    parser.add_argument("--batches", type=ints, default=[32, 64, 128], help="sequences per step")
+    parser.add_argument("--lengths", type=ints, default=[32, 64, 128], help="response tokens")
+    parser.add_argument("--base-batch", type=int, default=64)
+    parser.add_argument("--base-length", type=int, default=64)
+    parser.add_argument("--mini-batch", type=int, default=32, help="sequences per optimizer step (and micro-batch)")
     parser.add_argument("--steps", type=int, default=1, help="timed steps per point after one warm-up")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()

@@ -61,12 +61,12 @@ def _roof(ax, r: dict) -> None:
     if not bars:
         return ax.set_visible(False)
     fractions = [100 * v for _, v in bars]
-    ax.bar(range(len(bars)), fractions, color=["tab:blue", "tab:gray"] * 3)
+    ax.bar(range(len(bars)), fractions, color=["tab:gray" if "bare" in label else "tab:blue" for label, _ in bars])
     for i, f in enumerate(fractions):
         ax.text(i, f, f"{f:.0f}%", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("% of bf16 matmul roof")
-    ax.set_title("model FLOP/s vs this machine's bf16 matmul roof ("
+    ax.set_title("model FLOP/s, % of the bf16 matmul roof ("
                  + " / ".join(f"{x / 1e9:.0f}" for x in roofs) + " GFLOP/s)")
 
 
@@ -81,7 +81,7 @@ def _e2e(ax, e2e: dict | None) -> None:
         ax.bar(names, values, bottom=bottoms, label=phase)
         bottoms = [b + v for b, v in zip(bottoms, values)]
     rest = [e2e["sides"][n]["seconds_per_step"] - b for n, b in zip(names, bottoms)]
-    ax.bar(names, rest, bottom=bottoms, color="lightgray", label="other / whole step (TRL)")
+    ax.bar(names, rest, bottom=bottoms, color="lightgray", label="rest of the step")
     for i, n in enumerate(names):
         side = e2e["sides"][n]
         ax.text(i, side["seconds_per_step"], f"{side['seconds_per_step']:.1f}s\n{side['tokens_per_s']:,.0f} tok/s",

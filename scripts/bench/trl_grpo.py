@@ -54,13 +54,30 @@ def main(settings_path: str, out_dir: str) -> None:
         num_iterations=1, max_grad_norm=1.0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95,
         logging_steps=1, report_to="none", save_strategy="no", seed=s["seed"], dataloader_num_workers=0,
         model_init_kwargs={"dtype": getattr(torch, s["weights_dtype"])}, log_completions=False,
-        disable_tqdm=True)
+        disable_tqdm=True, use_transformers_continuous_batching=s.get("continuous_batching", False),
+        gradient_checkpointing=s["gradient_checkpointing"])
     tok = AutoTokenizer.from_pretrained(s["model_path"])
     trainer = GRPOTrainer(model=s["model_path"], reward_funcs=task_reward, args=config, train_dataset=dataset,
                           processing_class=tok, callbacks=[StepClock()])
+    time_generate(trainer.model, record)
     trainer.train()
     record(event="done", torch_threads=torch.get_num_threads(), time=time.time())
     steps_file.close()
+
+
+def time_generate(model, record) -> None:
+    """Record the seconds and new tokens of every `generate` call (TRL's rollout phase);
+    TRL calls it on this very module (`unwrap_model_for_generation` on one process)."""
+    original = model.generate
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        out = original(*args, **kwargs)
+        prompt_len = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+        record(event="generate", seconds=time.perf_counter() - started, tokens=out.shape[0] * (out.shape[1] - prompt_len))
+        return out
+
+    model.generate = timed
 
 
 if __name__ == "__main__":
