@@ -90,6 +90,8 @@ def connect_ray(cfg) -> bool:
     env_vars = {k: os.environ[k] for k in ("DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES", "RLHF_CACHE_DIR",
                                            "RLHF_DEVICE") if k in os.environ}
     env_vars["TOKENIZERS_PARALLELISM"] = "false"
+    if cfg.cluster.torch_threads:
+        env_vars["OMP_NUM_THREADS"] = str(cfg.cluster.torch_threads)
     for key in _job_env_vars():  # set by `ray job submit --runtime-env`; ray.init refuses to set them again
         env_vars.pop(key, None)
     runtime_env = {"env_vars": env_vars}

@@ -170,6 +170,10 @@ class ClusterSection:
     num_cpus: Optional[int] = None     # CPUs of a locally started Ray (default: all)
     placement: str = "colocated"       # "colocated" (one placement group) | "split" (one per role)
     dashboard: bool = False            # local Ray dashboard (binds 127.0.0.1)
+    # CPU threads of each worker's torch (OMP_NUM_THREADS). 0: Ray's choice (the actor's
+    # num_cpus, at least 1). Concurrent roles share the cores: on 2 cores ppo_tiny runs 4x
+    # slower with 2 threads each, while a 24M-param GRPO update runs 1.9x faster (BENCHMARKS.md).
+    torch_threads: int = 0
     # Per role, custom Ray resources each rank also asks for: {rollout: {rlhf_worker: 1}} puts the
     # rollout engines on nodes started with `ray start --resources '{"rlhf_worker": 8}'`.
     # Roles: rollout, actor, critic, reference, reward_model (sft / rm for those stages).

@@ -49,6 +49,7 @@ def test_local_ray_dashboard_binds_loopback(monkeypatch):
     cfg = load_config(ROOT / "recipes" / "ppo_tiny.yaml", ["cluster.dashboard=true"])
     assert connect_ray(cfg) is True
     assert seen["dashboard_host"] == "127.0.0.1" and seen["include_dashboard"] is True
+    assert "OMP_NUM_THREADS" not in seen["runtime_env"]["env_vars"]  # cluster.torch_threads=0: Ray decides
 
 
 def test_pickled_weights_are_refused(tiny, tmp_path):

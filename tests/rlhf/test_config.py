@@ -40,6 +40,7 @@ def test_overrides_are_typed_and_applied():
     (["actor.zero_stage=4"], "actor.zero_stage"),
     (["cluster.placement=everywhere"], "cluster.placement"),
     (["algorithm.dual_clip=0.5"], "algorithm.dual_clip"),
+    (["cluster.torch_threads=-1"], "cluster.torch_threads"),
     (["actorlr"], "actorlr"),
 ])
 def test_bad_config_names_the_key(override, needle):
