@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 def train(cfg) -> int:
     """Start (or join) Ray, run the PPO controller (restarting roles within the budget),
     always release the cluster's resources."""
-    from rlhf.controller import train_with_restarts
+    from rlhf.faults import train_with_restarts
     from rlhf.stage_run import execute
 
     return execute(train_with_restarts, cfg)

@@ -25,6 +25,7 @@ from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
+from rlhf.faults import nonfinite_fields
 from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line, say
 from rlhf.tiny import resolve
 
@@ -63,9 +64,8 @@ class PPOTrainer:
         start_step = self._resume(resume_from) if resume_from else 0
         self.step_index = start_step
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
-        rewound = resume_from is not None or cfg.run.resume == "auto"
-        self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg),
-                                    resume_step=start_step if resume_from else (-1 if rewound else None))
+        rewind_to = start_step if resume_from else (-1 if cfg.run.resume == "auto" else None)
+        self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg), resume_step=rewind_to)
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
@@ -426,46 +426,7 @@ class PPOTrainer:
             self.placement.remove()
 
 
-# ==================================================================== restarts
-def train_with_restarts(cfg: RunConfig) -> PPOTrainer:
-    """setup -> train -> finish (always cleanup). When a worker process dies and
-    run.resume=auto, start all roles afresh in the same run directory from its last
-    checkpoint, at most run.max_restarts times; otherwise the WorkerError ends the run."""
-    from rlhf.stage_run import run_to_end
-    from workers.group import WorkerError
-
-    restarts = 0
-    while True:
-        trainer = PPOTrainer(cfg)
-        try:
-            return run_to_end(trainer)
-        except WorkerError as err:
-            run_dir = getattr(trainer, "run_dir", None)
-            if not err.died or run_dir is None:
-                raise
-            if cfg.run.resume != "auto" or restarts >= cfg.run.max_restarts:
-                raise WorkerError(f"{err}. Restarts used: {restarts} of run.max_restarts={cfg.run.max_restarts} "
-                                  f"(restarting needs run.resume=auto). Resume by hand: rlhf train <recipe> "
-                                  f"run.resume=auto run.run_dir={run_dir}", died=True) from err
-            restarts += 1
-            say(f"{err}\nrestart {restarts}/{cfg.run.max_restarts}: new roles, resuming from the last "
-                f"checkpoint in {run_dir}")
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir)))
-
-
 # ==================================================================== helpers
-def nonfinite_fields(batch: Batch) -> str:
-    """'' if every float tensor the updates read is finite, else e.g. 'scores: 2 NaN'."""
-    names = ("scores", "token_rewards", "old_logprobs", "ref_logprobs", "values", "advantages", "returns")
-    found = []
-    for name in names:
-        tensor = getattr(batch, name)
-        if tensor is not None and not torch.isfinite(tensor).all():
-            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
-            found.append(f"{name}: " + ", ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "Inf")) if n))
-    return "; ".join(found)
-
-
 def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
                 group_ids: torch.Tensor, versions: torch.Tensor, response_len: int, pad_id: int) -> Batch:
     """Left-pad prompts, right-pad responses to `response_len` (see rlhf/batch.py)."""

@@ -122,10 +122,9 @@ class RolloutWorker:
     def shutdown(self) -> bool:
         """Stop the engine's processes the orderly way, so they remove their shared-memory
         queues (a plain kill leaves them in /dev/shm)."""
-        engine_core = getattr(getattr(self, "llm", None), "llm_engine", None)
-        engine_core = getattr(engine_core, "engine_core", None)
-        if engine_core is not None:
-            engine_core.shutdown()
+        llm = getattr(self, "llm", None)  # None if the engine never started
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
         return True
 
     def engine_info(self) -> dict:
