@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -21,7 +22,7 @@ import torch
 from rlhf import checkpoint as ckpt
 from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs, make_kl_controller, masked_mean
 from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
-from rlhf.batch import Batch
+from rlhf.batch import Batch, cat_rows
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
@@ -114,7 +115,8 @@ class PPOTrainer:
 
         cfg, started = self.cfg, time.time()
         self.placement = make_placement(cfg, role_requests(cfg))
-        self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
+        placed = self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
+        self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
         pg, idx = self.placement.of("rollout")
         self.rollout = WorkerGroup(RolloutWorker, cfg.rollout.num_workers, num_cpus=cfg.rollout.num_cpus,
                                    num_gpus=cfg.rollout.num_gpus, placement_group=pg, bundle_indices=idx,
@@ -162,31 +164,37 @@ class PPOTrainer:
 
         # step 1. generate n responses per prompt with the current policy (vLLM)
         with t("generate"):
+            self._share_cores(self.rollout)
             batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
                                                   seed=cfg.run.seed * 1_000_003 + self.step_index)
         # step 2. score them: reward functions (process pool) and the reward model
         with t("reward"):
+            self._share_cores(self.reward_model)
             scores, reward_metrics = self._score(batch, rows, texts, finish, cfg.rollout.n)
             batch = batch.replace(scores=scores)
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
+            self._share_cores(None if cfg.old_logprobs_from_update else self.actor, self.reference, self.critic)
             batch = self._logprobs_and_values(batch)
         # step 4. KL penalty and advantages (pure functions of the batch)
         with t("advantages"):
-            batch, kl_metrics = self._advantages(batch)
+            batch, adv_metrics = self._advantages(batch)
         # step 5-7. critic and actor updates, weight sync; skipped when the batch has NaN/Inf
         nonfinite = nonfinite_fields(batch)
         if nonfinite:
             self._bad_step(f"NaN/Inf in the batch ({nonfinite}): updates skipped")
         else:
-            metrics.update(self._update_and_sync(batch))
+            update_metrics, batch = self._update_and_sync(batch)
+            metrics.update(update_metrics)
+        kl_metrics = self._kl_metrics(batch)
+        if not nonfinite:
             self.kl_ctrl.update(kl_metrics["kl/mean"], n_steps=batch.size)
             skipped = {k: v for k, v in metrics.items() if k.endswith("/skipped_steps") and v}
             if skipped:
                 self._bad_step(f"NaN/Inf gradients: optimizer steps skipped {skipped} (" + ", ".join(
                     f"{k}={metrics[k]:.4g}" for k in sorted(metrics) if k.endswith(("/grad_norm", "_loss"))) + ")")
         # step 8. metrics
-        metrics.update(reward_metrics, **kl_metrics)
+        metrics.update(reward_metrics, **adv_metrics, **kl_metrics)
         metrics["train/skipped"] = float(bool(nonfinite))
         metrics["train/bad_steps"] = float(self.bad_steps)
         metrics.update(self._rollout_metrics(batch))
@@ -201,20 +209,42 @@ class PPOTrainer:
             self._log_samples(rows, texts, batch.scores)
         return metrics
 
-    def _update_and_sync(self, batch: Batch) -> dict:
-        t = self.timer
+    def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
+        """Returns the metrics and the batch, with the old log-probs when the update scored them."""
+        t, temperature = self.timer, self.cfg.rollout.temperature
         # step 5+6. critic and actor updates, concurrently (different workers)
         self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
+            self._share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
-            actor_metrics = self.actor.gather(self.actor.call_split(
-                "update", batch, temperature=self.cfg.rollout.temperature))[0]
+            if batch.old_logprobs is None:  # on-policy: the update's forward scores them
+                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, temperature=temperature))
+                actor_metrics = results[0][0]
+                batch = batch.replace(old_logprobs=cat_rows([old for _, old in results]))
+            else:
+                actor_metrics = self.actor.gather(self.actor.call_split("update", batch, temperature=temperature))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
         self._rollout_memory("wake_up")
         with t("sync"):
             sync_metrics = self._sync_weights()
-        return {**actor_metrics, **critic_metrics, **sync_metrics}
+        return {**actor_metrics, **critic_metrics, **sync_metrics}, batch
+
+    def _share_cores(self, *groups) -> None:
+        """CPU with cluster.torch_threads=0: the worker groups busy in the next phase split
+        their nodes' cores into torch threads. Ray starts a worker that asks for less
+        than one CPU with one thread; a role running alone is ~1.9x faster on 2 cores
+        with both (BENCHMARKS.md). Calls to an actor run in order, so no wait is needed."""
+        from rlhf.roles import core_sharers
+        from workers import device as dev
+
+        if self.cfg.cluster.torch_threads or dev.detect().is_gpu:
+            return
+        busy = [g for g in groups if g is not None]
+        sharers = core_sharers({g.role: self.rank_nodes[g.role] for g in busy})
+        for group in busy:
+            for actor, count in zip(group.actors, sharers[group.role]):
+                actor.share_cores.remote(count)
 
     def _bad_step(self, why: str) -> None:
         """Count a NaN/Inf step; stop the run once more than run.max_bad_steps were seen."""
@@ -281,11 +311,15 @@ class PPOTrainer:
         return scores, metrics
 
     def _logprobs_and_values(self, batch: Batch) -> Batch:
+        """Old (unless the update scores them: RunConfig.old_logprobs_from_update) and
+        reference log-probs, and values."""
         temp = self.cfg.rollout.temperature
-        old_ref = self.actor.call_split("compute_logprobs", batch, temperature=temp)
+        old_ref = None
+        if not self.cfg.old_logprobs_from_update:
+            old_ref = self.actor.call_split("compute_logprobs", batch, temperature=temp)
         ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
         val_ref = self.critic.call_split("compute_values", batch) if self.critic else None
-        return batch.replace(old_logprobs=self.actor.gather_cat(old_ref),
+        return batch.replace(old_logprobs=self.actor.gather_cat(old_ref) if old_ref is not None else None,
                              ref_logprobs=self.reference.gather_cat(ref_ref),
                              values=self.critic.gather_cat(val_ref) if val_ref else None)
 
@@ -293,18 +327,26 @@ class PPOTrainer:
         algo = self.cfg.algorithm
         mask = batch.response_mask
         coef = self.kl_ctrl.value if algo.kl.in_reward else 0.0
-        token_rewards, kl = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
-                                                  kl_coef=coef, estimator=algo.kl.estimator)
+        token_rewards, _ = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
+                                                 kl_coef=coef, estimator=algo.kl.estimator)
         inputs = AdvantageInputs(token_rewards=token_rewards, scores=batch.scores, response_mask=mask,
                                  group_ids=batch.group_ids, values=batch.values, gamma=algo.gamma,
                                  lam=algo.lam, norm_adv_by_std=algo.norm_adv_by_std)
         advantages, returns = ADV_ESTIMATORS.get(algo.adv_estimator)(inputs)
-        seq_kl = (kl * mask).sum(-1)
-        metrics = {"kl/mean": float(seq_kl.mean()), "kl/coef": float(self.kl_ctrl.value),
-                   "kl/token_mean": float(masked_mean(kl, mask)),
-                   "rollout/advantage_mean": float(masked_mean(advantages, mask)),
+        metrics = {"rollout/advantage_mean": float(masked_mean(advantages, mask)),
                    "rollout/return_mean": float(masked_mean(returns, mask))}
         return batch.replace(token_rewards=token_rewards, advantages=advantages, returns=returns), metrics
+
+    def _kl_metrics(self, batch: Batch) -> dict:
+        """KL(policy || reference) of the sampled tokens under the step's old log-probs
+        (NaN when a skipped step never computed them)."""
+        metrics = {"kl/coef": float(self.kl_ctrl.value)}
+        if batch.old_logprobs is None:
+            return {**metrics, "kl/mean": math.nan, "kl/token_mean": math.nan}
+        mask = batch.response_mask
+        _, kl = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
+                                      estimator=self.cfg.algorithm.kl.estimator)
+        return {**metrics, "kl/mean": float((kl * mask).sum(-1).mean()), "kl/token_mean": float(masked_mean(kl, mask))}
 
     def _rollout_memory(self, verb: str) -> None:
         """vLLM sleep mode around training (rollout.sleep_between_steps; a no-op on CPU)."""
@@ -318,7 +360,8 @@ class PPOTrainer:
 
     def _rollout_metrics(self, batch: Batch) -> dict:
         mask = batch.response_mask
-        diff = (batch.rollout_logprobs - batch.old_logprobs).abs() * mask
+        old = batch.old_logprobs if batch.old_logprobs is not None else torch.full_like(mask, math.nan)
+        diff = (batch.rollout_logprobs - old).abs() * mask
         return {"rollout/reward_mean": float(batch.scores.mean()), "rollout/reward_std": float(batch.scores.std()),
                 "rollout/response_length": float(mask.sum(-1).mean()),
                 "rollout/logprob_diff_mean": float(diff.sum() / mask.sum().clamp_min(1)),

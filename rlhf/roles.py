@@ -128,8 +128,9 @@ class Placement:
             out[role] = [{"node_id": on[i], "ip": ips.get(on[i])} for i in idx]
         return out
 
-    def save(self, path: Path) -> None:
-        """Write placement.json (role -> node of each rank) and print the roles of each node."""
+    def save(self, path: Path) -> dict[str, list[dict]]:
+        """Write placement.json (role -> node of each rank), print the roles of each node
+        and return `nodes()`."""
         nodes = self.nodes()
         Path(path).write_text(json.dumps(nodes, indent=1))
         per_node: dict[str, list[str]] = {}
@@ -137,6 +138,17 @@ class Placement:
             for rank in ranks:
                 per_node.setdefault(f"{rank['node_id'][:8]} ({rank['ip']})", []).append(role)
         say("placement: " + "; ".join(f"node {n}: {', '.join(roles)}" for n, roles in per_node.items()))
+        return nodes
+
+
+def core_sharers(busy: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Role -> for each rank, how many ranks of all the busy roles share its node
+    (busy: role -> node of each rank)."""
+    per_node: dict[str, int] = {}
+    for nodes in busy.values():
+        for node in nodes:
+            per_node[node] = per_node.get(node, 0) + 1
+    return {role: [per_node[node] for node in nodes] for role, nodes in busy.items()}
 
 
 def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 120.0) -> Placement:

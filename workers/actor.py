@@ -1,6 +1,6 @@
 """The policy trainer: log-probs of sampled responses and the PPO-family update.
 
-Verbs: compute_logprobs, update, save / load / save_hf, and (in-process, for the weight
+Verbs: compute_logprobs, update, update_on_policy, save / load / save_hf, and (in-process, for the weight
 sync) named_weights_for_sync. The loss terms come from rlhf.algorithms; this file only
 decides which terms apply and how they are normalised across micro-batches and ranks.
 """
@@ -50,10 +50,36 @@ class ActorWorker(DeepSpeedTrainer):
         is on (kl_coef, default algorithm.kl.loss_coef, > 0); batch.rollout_logprobs if
         truncated IS is on (algorithm.tis_cap). Returns the same metrics on every rank.
         """
+        if batch.old_logprobs is None:
+            raise ValueError("actor update needs batch.old_logprobs (or call update_on_policy)")
+        return self._policy_update(batch, temperature, kl_coef)
+
+    def update_on_policy(self, batch: Batch, temperature: float = 1.0,
+                         kl_coef: float | None = None) -> tuple[dict[str, float], Tensor]:
+        """`update` without a separate old-log-prob pass, for a step that is on-policy:
+        one epoch and one mini-batch, so the weights that score the tokens in the
+        update's forward are the ones a `compute_logprobs` call would use. The old
+        log-probs are that forward's, detached (the first PPO ratio is exactly 1).
+
+        Returns (metrics, this rank's old log-probs (b, R)) for the KL and drift metrics.
+        """
+        ranks_rows = self.train_cfg.micro_batch_size * self.grad_accum
+        if self.train_cfg.ppo_epochs != 1 or batch.size != ranks_rows:
+            raise ValueError(f"update_on_policy needs train.ppo_epochs=1 and one mini-batch per step; got "
+                             f"{self.train_cfg.ppo_epochs} epoch(s) and {batch.size} rows on this rank for "
+                             f"mini-batches of {ranks_rows}")
+        scored: list[Tensor] = []
+        metrics = self._policy_update(batch, temperature, kl_coef, scored=scored)
+        return metrics, torch.cat(scored)
+
+    def _policy_update(self, batch: Batch, temperature: float, kl_coef: float | None,
+                       scored: list[Tensor] | None = None) -> dict[str, float]:
+        """The PPO-family update. `scored` given: old log-probs are the forward's own
+        (detached), appended to it per micro-batch."""
         algo = self.algo
         kl_coef = algo.kl.loss_coef if kl_coef is None else kl_coef
-        if batch.old_logprobs is None or batch.advantages is None:
-            raise ValueError("actor update needs batch.old_logprobs and batch.advantages")
+        if batch.advantages is None:
+            raise ValueError("actor update needs batch.advantages")
         if kl_coef > 0 and batch.ref_logprobs is None:
             raise ValueError("the KL loss (kl_coef > 0) needs batch.ref_logprobs")
         if algo.tis_cap is not None and batch.rollout_logprobs is None:
@@ -66,7 +92,11 @@ class ActorWorker(DeepSpeedTrainer):
                        norm_length=mb.response_len)
             logprobs, entropy = response_logprobs(self.engine, mb, temperature, device=self.device,
                                                   entropy=True, entropy_grad=algo.entropy_coef != 0)
-            old = mb.old_logprobs.to(self.device)
+            if scored is None:
+                old = mb.old_logprobs.to(self.device)
+            else:
+                old = logprobs.detach()
+                scored.append(old.float().cpu())
             is_weights = None
             if algo.tis_cap is not None:
                 is_weights = truncated_is_weights(old, mb.rollout_logprobs.to(self.device), mask, algo.tis_cap)

@@ -40,6 +40,7 @@ def _section(cfg: RolloutSection | dict) -> RolloutSection:
 class RolloutWorker:
     def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0, rank: int = 0):
         dev.setup_process_env()
+        dev.share_cores(1)  # until the controller says otherwise
         from vllm import LLM
 
         self.cfg = _section(cfg)
@@ -55,6 +56,7 @@ class RolloutWorker:
             logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION,
             disable_log_stats=True,
+            **dev.vllm_engine_kwargs(),
             **dev.vllm_memory_kwargs(self.cfg.memory_fraction, self.cfg.kv_cache_gib),
         )
         self.start_seconds = time.perf_counter() - t0
@@ -118,6 +120,11 @@ class RolloutWorker:
 
     def ready(self) -> bool:
         return True
+
+    def share_cores(self, sharers: int) -> int:
+        """CPU: generate with this node's cores / `sharers` torch threads (the engine runs
+        in this process); returns torch's count."""
+        return dev.share_cores(sharers)
 
     def shutdown(self) -> bool:
         """Stop the engine's processes the orderly way, so they remove their shared-memory

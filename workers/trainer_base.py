@@ -74,6 +74,11 @@ class RankWorker:
         """Release what outlives the process (files, sockets) before the group kills it."""
         return True
 
+    def share_cores(self, sharers: int) -> int:
+        """Run torch on this node's cores / `sharers` threads (at least 1); returns torch's
+        count. The controller calls it before each phase with the node's busy ranks."""
+        return dev.share_cores(sharers)
+
     def init_single(self) -> bool:
         """Set up as a world of one in this process (no Ray)."""
         return self.init_process(0, 1, 0, "127.0.0.1", free_port())

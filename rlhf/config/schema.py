@@ -136,6 +136,10 @@ class TrainSection:
     ppo_epochs: int = 1                # passes over the rollout batch
     mini_batch_size: int = 64          # sequences per optimizer step (over all ranks)
     micro_batch_size: int = 16         # sequences per forward/backward on one rank
+    # On-policy steps (1 epoch, 1 mini-batch, KL not in the reward): take the old
+    # log-probs from the update's own forward instead of a separate actor pass (as TRL
+    # does with num_iterations=1). The ratio is then exactly 1, as it would be anyway.
+    old_logprobs_from_update: bool = True
 
 
 @dataclass
@@ -170,9 +174,9 @@ class ClusterSection:
     num_cpus: Optional[int] = None     # CPUs of a locally started Ray (default: all)
     placement: str = "colocated"       # "colocated" (one placement group) | "split" (one per role)
     dashboard: bool = False            # local Ray dashboard (binds 127.0.0.1)
-    # CPU threads of each worker's torch (OMP_NUM_THREADS). 0: Ray's choice (the actor's
-    # num_cpus, at least 1). Concurrent roles share the cores: on 2 cores ppo_tiny runs 4x
-    # slower with 2 threads each, while a 24M-param GRPO update runs 1.9x faster (BENCHMARKS.md).
+    # CPU threads of each worker's torch. 0: per phase, the roles busy in it split their
+    # nodes' cores (a GRPO update alone gets all of them, PPO's concurrent actor and critic
+    # updates half each). N > 0: always N (OMP_NUM_THREADS), whatever runs concurrently.
     torch_threads: int = 0
     # Per role, custom Ray resources each rank also asks for: {rollout: {rlhf_worker: 1}} puts the
     # rollout engines on nodes started with `ray start --resources '{"rlhf_worker": 8}'`.
@@ -204,6 +208,12 @@ class RunConfig:
     @property
     def mini_batches_per_epoch(self) -> int:
         return self.rollout_batch_size // self.train.mini_batch_size
+
+    @property
+    def old_logprobs_from_update(self) -> bool:
+        """True when the actor's update can score the old log-probs itself (see the key)."""
+        return (self.train.old_logprobs_from_update and self.train.ppo_epochs == 1
+                and self.mini_batches_per_epoch == 1 and not self.algorithm.kl.in_reward)
 
     def micro_batches_per_mini_batch(self, ranks: int) -> int:
         """Gradient-accumulation steps of one rank in one optimizer step."""

@@ -61,11 +61,14 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
 def test_grpo_with_verl_and_openrlhf_reward_files(ray_session, tiny, tmp_path):
     rewards = [f"reward.functions=[{{name: verl, fn: '{FIXTURES / 'verl_reward.py'}:compute_score'}},"
                f"{{name: openrlhf, fn: '{FIXTURES / 'openrlhf_reward.py'}:reward_func', weight: 0.5}}]"]
-    # two vLLM engines share the batch
+    # two vLLM engines share the batch; one mini-batch per step, so the update scores
+    # the old log-probs itself (train.old_logprobs_from_update)
     run_dir = run(tmp_path, "grpo_tiny.yaml", "run.total_steps=1", "run.export_hf=false",
-                  "rollout.num_workers=2", "rollout.num_cpus=0.25", *rewards)
+                  "rollout.num_workers=2", "rollout.num_cpus=0.25", "train.mini_batch_size=64", *rewards)
     step = [r for r in read_metrics(run_dir) if r["step"] == 1][0]
-    assert step["rollout/logprob_diff_mean"] < 0.05
+    assert step["rollout/logprob_diff_mean"] < 0.05  # the update's log-probs vs vLLM's
+    assert step["actor/approx_kl"] == 0.0 and step["actor/pg_clipfrac"] == 0.0
+    assert abs(step["kl/mean"]) < 0.05  # KL(policy || reference) at step 1: the same weights
     assert step["reward/verl"] is not None and step["reward/openrlhf"] is not None
     assert step.get("critic/vf_loss") is None  # GRPO: no critic
 
@@ -120,6 +123,7 @@ def test_zero3_trainer_syncs_through_process_group(ray_session, tiny, tmp_path):
     to the vLLM worker; rollout and trainer log-probs still agree after 2 syncs."""
     run_dir = run(tmp_path, "grpo_tiny.yaml", "run.total_steps=2", "actor.zero_stage=3",
                   "actor.num_workers=2", "actor.num_cpus=0.25", "sync.transport=process_group",
+                  "train.mini_batch_size=64",  # on-policy: the old log-probs come back from 2 ranks
                   "sync.bucket_mb=1", "run.export_hf=false", "data.eval_path=null")
     steps = [r for r in read_metrics(run_dir) if r["step"] > 0]
     assert steps[-1]["rollout/weight_version"] == 1.0

@@ -1,4 +1,6 @@
-"""cluster.role_resources: config validation and the start-up resource check (no Ray cluster)."""
+"""cluster.role_resources: config validation and the start-up resource check (no Ray cluster);
+how roles share a node's cores."""
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,26 @@ def test_rank_that_fits_no_single_node():
 def test_cpu_total_shortage():
     problems = resource_problems([RoleRequest("actor", 3, 2.0, 0.0)], [HEAD, WORKER], gpu=False)
     assert problems == ["resource 'CPU': the roles need 6 (actor 3 x 2), the cluster has 4"]
+
+
+# ------------------------------------------------------------------ sharing a node's cores
+def test_core_sharers_count_busy_ranks_of_all_roles_per_node():
+    from rlhf.roles import core_sharers
+
+    # PPO update on one node: actor and critic split it; GRPO update: the actor alone
+    assert core_sharers({"actor": ["a"], "critic": ["a"]}) == {"actor": [2], "critic": [2]}
+    assert core_sharers({"actor": ["a"]}) == {"actor": [1]}
+    # two actor ranks on two nodes, the reference next to rank 1
+    assert core_sharers({"actor": ["a", "b"], "reference": ["b"]}) == {"actor": [1, 2], "reference": [2]}
+    assert core_sharers({}) == {}
+
+
+def test_vllm_runs_in_process_on_cpu_only(monkeypatch):
+    from workers import device as dev
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # restored afterwards
+    gpu = dev.Device(kind="cuda", dist_backend="nccl", same_node_transport="cuda_ipc", supports_bf16=True)
+    assert dev.vllm_engine_kwargs(gpu) == {} and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    cpu = dev.Device(kind="cpu", dist_backend="gloo", same_node_transport="shm", supports_bf16=True)
+    assert dev.vllm_engine_kwargs(cpu) == {"distributed_executor_backend": "uni"}
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"

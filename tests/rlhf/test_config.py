@@ -65,3 +65,15 @@ def test_group_estimators_need_groups():
     with pytest.raises(ConfigError, match="rollout.n"):
         load_config(None, ["algorithm.adv_estimator=grpo", "rollout.n=1", "train.mini_batch_size=16",
                            "train.micro_batch_size=16"])
+
+
+@pytest.mark.parametrize("overrides, fused", [
+    ([], False),                                                  # grpo_tiny: 2 mini-batches per step
+    (["train.mini_batch_size=128"], True),                        # one mini-batch, one epoch, KL in the loss
+    (["train.mini_batch_size=128", "train.ppo_epochs=2"], False),
+    (["train.mini_batch_size=128", "algorithm.kl.in_reward=true"], False),  # the reward needs them first
+    (["train.mini_batch_size=128", "train.old_logprobs_from_update=false"], False),
+])
+def test_old_logprobs_from_update_only_when_on_policy(overrides, fused):
+    cfg = load_config(RECIPES[0].parent / "grpo_tiny.yaml", overrides)
+    assert cfg.old_logprobs_from_update is fused

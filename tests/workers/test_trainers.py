@@ -184,6 +184,54 @@ def test_actor_update_direction_and_same_weights_on_1_or_2_ranks_zero2_zero3(
         zero3.kill()
 
 
+# ------------------------------------------------------------------ (c2) on-policy update
+def test_update_on_policy_equals_separate_logprob_pass(ray_session, paths, batch, tmp_path):
+    """One epoch, one mini-batch: the update's own (detached) log-probs replace the
+    compute_logprobs pass; same old log-probs, same metrics, same weights."""
+    from workers.actor import ActorWorker
+    from workers.group import WorkerGroup
+
+    group = WorkerGroup(ActorWorker, 2, num_cpus=CPUS, name="on_policy", init_kwargs=dict(
+        model_path=paths["policy"], trainer_cfg=trainer_cfg(2), algo_cfg=AlgorithmSection(),
+        train_cfg=TrainSection(mini_batch_size=8, micro_batch_size=2, ppo_epochs=1), seed=0, dtype="fp32"))
+    try:
+        group.run_all("save", str(tmp_path / "start"))
+        old = group.run_split("compute_logprobs", batch, temperature=1.0)
+        separate = group.gather(group.call_split("update", _with_advantages(batch, old), temperature=1.0))[0]
+        w_separate = group.run_all("full_weights")[0]
+
+        group.run_all("load", str(tmp_path / "start"))
+        results = group.gather(group.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0))
+        fused, fused_old = results[0][0], torch.cat([r[1] for r in results])
+        w_fused = group.run_all("full_weights")[0]
+
+        torch.testing.assert_close(fused_old, old, atol=1e-6, rtol=0)  # rank order kept
+        assert fused.keys() == separate.keys()
+        for key, value in separate.items():
+            assert fused[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        assert fused["actor/pg_clipfrac"] == 0.0 and fused["actor/approx_kl"] == 0.0  # the ratio is exactly 1
+        for name in w_separate:
+            torch.testing.assert_close(w_fused[name], w_separate[name], atol=1e-6, rtol=0)
+    finally:
+        group.kill()
+
+
+def test_share_cores_sets_the_workers_torch_threads(actor_z2):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert actor_z2.run_all("share_cores", 1) == [cores, cores]
+    assert actor_z2.run_all("share_cores", 2) == [max(1, cores // 2)] * 2
+    assert actor_z2.run_all("share_cores", 4 * cores) == [1, 1]
+
+
+def test_update_on_policy_refuses_several_epochs(actor_z2, batch):
+    from workers.group import WorkerError
+
+    with pytest.raises(WorkerError, match=r"update_on_policy needs train.ppo_epochs=1.*got 2 epoch"):
+        actor_z2.gather(actor_z2.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0))
+
+
 # ------------------------------------------------------------------ (d) reference
 def test_reference_logprobs_stay_fixed_across_actor_updates(actor_z2, reference, paths, batch):
     before = reference.run_split("compute_logprobs", batch, temperature=1.0)
