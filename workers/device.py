@@ -76,9 +76,11 @@ def node_cores() -> list[int]:
 _set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
 
 
-def share_cores(sharers: int) -> int:
-    """Run torch on this process's cores / `sharers` threads (at least 1); returns torch's count."""
-    _set_num_threads(max(1, len(node_cores()) // sharers))
+def share_cores(sharers: int, max_threads: int | None = None) -> int:
+    """Run torch on this process's cores / `sharers` threads (at least 1, at most
+    `max_threads`); returns torch's count."""
+    threads = max(1, len(node_cores()) // sharers)
+    _set_num_threads(threads if max_threads is None else min(threads, max_threads))
     return torch.get_num_threads()
 
 

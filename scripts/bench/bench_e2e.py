@@ -9,8 +9,9 @@ step per GRPO step and the same number of steps.
 
 Our side is the real command, `python -m rlhf.cli train recipes/grpo_tiny.yaml
 <overrides>`, in a fresh process (its own local Ray, vLLM rollout, DeepSpeed ZeRO-2
-actor, bf16). It runs twice: as shipped, and with OMP_NUM_THREADS=<cores> in the
-environment (Ray gives a fractional-CPU actor one torch thread otherwise).
+actor, bf16). It runs as shipped and, to show what two choices are worth, with one
+torch thread per role (`cluster.torch_threads=1`) and with the separate old-log-prob
+pass (`train.old_logprobs_from_update=false`).
 TRL's side is trl_grpo.py in TRL's own venv (made here on first use: python3.11,
 torch CPU wheel, trl==TRL_VERSION), CPU, HF generate, in the fastest setting that
 worked here (TRL_SETTING). Reported: seconds from the command to the end of the first
@@ -18,9 +19,10 @@ step (start-up), the median seconds per step after the first, generated tokens p
 second and peak resident memory of the whole process tree (sampled every 0.25 s).
 
     .venv/bin/python scripts/bench/bench_e2e.py [--steps 4] [--prompts-per-step 16] [--n 8]
-        [--max-new-tokens 128] [--sides ours,ours_all_cores,trl] [--out-dir scripts/bench/results]
+        [--max-new-tokens 128] [--sides ours,ours_one_thread,ours_separate_logprobs,trl]
+        [--out-dir scripts/bench/results]
 
-~8 minutes on 2 cores (~2.5 per side; the first run adds ~1 minute to make TRL's venv).
+~8 minutes on 2 cores (~2 per side; the first run adds ~1 minute to make TRL's venv).
 """
 from __future__ import annotations
 
@@ -116,14 +118,14 @@ def watch(cmd: list[str], log_path: Path, first_step_done, env: dict | None = No
 
 
 # ==================================================================== our side
-def run_ours(s: E2ESettings, work: Path, env: dict) -> dict:
+def run_ours(s: E2ESettings, work: Path, extra: list[str]) -> dict:
     from rlhf.metrics import read_metrics
 
     run_dir = work / "run"
     metrics = run_dir / "metrics.jsonl"
     cmd = [sys.executable, "-m", "rlhf.cli", "train", str(common.ROOT / "recipes" / "grpo_tiny.yaml"),
-           *our_overrides(s), f"run.run_dir={run_dir}"]
-    watched = watch(cmd, work / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, env)
+           *our_overrides(s), *extra, f"run.run_dir={run_dir}"]
+    watched = watch(cmd, work / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0)
     steps = [r for r in read_metrics(run_dir) if r["step"] >= 1]
     later = steps[1:] or steps
     tokens = [r["perf/tokens_per_s"] * r["timing/step"] for r in steps]
@@ -136,7 +138,7 @@ def run_ours(s: E2ESettings, work: Path, env: dict) -> dict:
             "tokens_per_step": statistics.median(tokens), "phase_seconds": phases, "roles_up_seconds": roles_up,
             "reported_peak_rss_gib": steps[-1].get("perf/peak_pipeline_rss_gb"),
             "reward_first_last": [steps[0]["rollout/reward_mean"], steps[-1]["rollout/reward_mean"]],
-            "response_length": steps[-1]["rollout/response_length"], "env": env}
+            "response_length": steps[-1]["rollout/response_length"], "overrides": extra}
 
 
 # ==================================================================== TRL's side
@@ -191,8 +193,9 @@ def run_trl(s: E2ESettings, work: Path, setting: dict) -> dict:
 
 # ==================================================================== the comparison
 SIDES = {
-    "ours": lambda s, work: run_ours(s, work, {}),
-    "ours_all_cores": lambda s, work: run_ours(s, work, {"OMP_NUM_THREADS": str(os.cpu_count())}),
+    "ours": lambda s, work: run_ours(s, work, []),
+    "ours_one_thread": lambda s, work: run_ours(s, work, ["cluster.torch_threads=1"]),
+    "ours_separate_logprobs": lambda s, work: run_ours(s, work, ["train.old_logprobs_from_update=false"]),
     "trl": lambda s, work: run_trl(s, work, TRL_SETTING),
     "trl_default_checkpointing": lambda s, work: run_trl(s, work, {**TRL_SETTING, "gradient_checkpointing": True}),
     "trl_bf16_weights": lambda s, work: run_trl(s, work, {**TRL_SETTING, "weights_dtype": "bfloat16"}),
@@ -250,7 +253,7 @@ def main():
     parser.add_argument("--n", type=int, default=defaults.n)
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--micro-batch", type=int, default=defaults.micro_batch)
-    parser.add_argument("--sides", default="ours,ours_all_cores,trl", help=f"comma list of {sorted(SIDES)}")
+    parser.add_argument("--sides", default="ours,ours_one_thread,ours_separate_logprobs,trl", help=f"comma list of {sorted(SIDES)}")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()
     s = E2ESettings(prompts_per_step=args.prompts_per_step, n=args.n, max_new_tokens=args.max_new_tokens,
