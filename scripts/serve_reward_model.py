@@ -4,7 +4,9 @@
 What it does: loads a local model folder with AutoModelForSequenceClassification and
 AutoTokenizer (safetensors weights only, trust_remote_code=False) and answers
 POST /score {"prompts", "responses", "labels"} with {"scores"}: the model's score of
-prompt + response read at the last non-pad token (labels are ignored). GET /health
+prompt + response + EOS read at the last non-pad token, i.e. at EOS, where `rlhf rm`
+trains the score and the PPO reward-model worker reads it (`--no-eos` for models
+trained without it; labels are ignored). GET /health
 says it is up. Pair it with RewardSpec("rm", "remote", kwargs={"url": "http://..."}).
 
 Left out on purpose: authentication (it binds 127.0.0.1 unless told otherwise),
@@ -25,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from rewards.server import make_server  # noqa: E402
 
 
-def load_scorer(model_path: str, *, device: str = "cpu", batch_size: int = 8, max_length: int = 2048):
-    """score(prompts, responses, labels) -> list[float] for the model at model_path."""
+def load_scorer(model_path: str, *, device: str = "cpu", batch_size: int = 8, max_length: int = 2048,
+                append_eos: bool = True):
+    """score(prompts, responses, labels) -> list[float] for the model at model_path
+    (append_eos: end each text with the tokenizer's EOS unless it already does)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -48,7 +52,10 @@ def load_scorer(model_path: str, *, device: str = "cpu", batch_size: int = 8, ma
         out: list[float] = []
         texts = [p + r for p, r in zip(prompts, responses)]
         for s in range(0, len(texts), batch_size):
-            enc = tok(texts[s : s + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
+            ids = tok(texts[s : s + batch_size], truncation=True, max_length=max_length - append_eos)["input_ids"]
+            if append_eos and tok.eos_token_id is not None:
+                ids = [x if x[-1:] == [tok.eos_token_id] else x + [tok.eos_token_id] for x in ids]
+            enc = tok.pad({"input_ids": ids}, return_tensors="pt").to(device)
             if backbone is not None:
                 hidden = backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
                 mask = enc["attention_mask"]
@@ -70,9 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu", help="torch device for the model")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     ap.add_argument("--max-length", type=int, default=2048, help="truncate prompt+response to this many tokens")
+    ap.add_argument("--no-eos", action="store_true", help="do not end each prompt+response with EOS")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    scorer = load_scorer(args.model, device=args.device, batch_size=args.batch_size, max_length=args.max_length)
+    scorer = load_scorer(args.model, device=args.device, batch_size=args.batch_size, max_length=args.max_length,
+                         append_eos=not args.no_eos)
     server = make_server(scorer, args.host, args.port)
     logging.info("serving %s at %s (POST /score, GET /health)", args.model, server.url)
     try:

@@ -46,9 +46,19 @@ def test_scores_read_at_last_non_pad_token_and_served(tiny_rm):
     prompts = ["1+1=", "12+30=", "7+8=", "100+1="]
     responses = ["2", "42", "15 is it", "101"]
     got = scorer(prompts, responses, [None] * 4)
-    with torch.no_grad():  # each sequence alone: no padding at all
-        want = [model(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(prompts, responses)]
+
+    def alone(text: str, eos: bool) -> float:  # one sequence: no padding at all
+        ids = tok(text)["input_ids"] + [tok.eos_token_id] * eos
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+
+    # read at EOS, as `rlhf rm` trains it and the PPO reward-model worker reads it
+    want = [alone(p + r, eos=True) for p, r in zip(prompts, responses)]
     assert got == pytest.approx(want, abs=1e-5)
+    without = [alone(p + r, eos=False) for p, r in zip(prompts, responses)]
+    assert mod.load_scorer(str(path), batch_size=3, append_eos=False)(prompts, responses, [None] * 4) == \
+        pytest.approx(without, abs=1e-5)
+    assert max(abs(a - b) for a, b in zip(want, without)) > 1e-4  # the EOS changes the read-out
 
     from rewards import RemoteRewardClient
 
