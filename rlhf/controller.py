@@ -151,6 +151,8 @@ class PPOTrainer:
                                             init_kwargs=dict(model_path=self.paths["reward_model"],
                                                              normalize=cfg.reward.model_normalize,
                                                              micro_batch_size=cfg.train.micro_batch_size))
+        for group in self._groups():
+            group.call_timeout_s = cfg.run.call_timeout_s or None
         transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
                                        cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
         self.startup_seconds = time.time() - started
@@ -461,12 +463,15 @@ class PPOTrainer:
             self.logger.close()
         if self.rewards:
             self.rewards.close()
-        for name in ("rollout", "actor", "critic", "reference", "reward_model"):
-            group = getattr(self, name, None)
-            if group is not None:
-                group.kill()
+        for group in self._groups():
+            group.kill()
         if self.placement:
             self.placement.remove()
+
+    def _groups(self) -> list:
+        """The worker groups started so far."""
+        names = ("rollout", "actor", "critic", "reference", "reward_model")
+        return [g for g in (getattr(self, name, None) for name in names) if g is not None]
 
 
 # ==================================================================== helpers

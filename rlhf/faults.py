@@ -25,8 +25,8 @@ def nonfinite_fields(batch: Batch) -> str:
 
 
 def train_with_restarts(cfg: RunConfig):
-    """setup -> train -> finish (always cleanup). When a worker process dies and
-    run.resume=auto, start all roles afresh in the same run directory from its last
+    """setup -> train -> finish (always cleanup). When a worker process dies or hangs
+    (a call outlives run.call_timeout_s) and run.resume=auto, start all roles afresh in the same run directory from its last
     checkpoint, at most run.max_restarts times; otherwise the WorkerError ends the run."""
     from rlhf.controller import PPOTrainer
     from rlhf.stage_run import run_to_end
@@ -39,12 +39,12 @@ def train_with_restarts(cfg: RunConfig):
             return run_to_end(trainer)
         except WorkerError as err:
             run_dir = getattr(trainer, "run_dir", None)
-            if not err.died or run_dir is None:
+            if not err.restartable or run_dir is None:
                 raise
             if cfg.run.resume != "auto" or restarts >= cfg.run.max_restarts:
                 raise WorkerError(f"{err}. Restarts used: {restarts} of run.max_restarts={cfg.run.max_restarts} "
                                   f"(restarting needs run.resume=auto). Resume by hand: rlhf train <recipe> "
-                                  f"run.resume=auto run.run_dir={run_dir}", died=True) from err
+                                  f"run.resume=auto run.run_dir={run_dir}", died=err.died, hung=err.hung) from err
             restarts += 1
             say(f"{err}\nrestart {restarts}/{cfg.run.max_restarts}: new roles, resuming from the last "
                 f"checkpoint in {run_dir}")

@@ -31,11 +31,16 @@ from workers import device as dev
 
 class WorkerError(RunError):
     """A rank of a worker group failed, died or timed out. `died`: its process is gone
-    (killed, out of memory, node lost), so restarting the roles may help."""
+    (killed, out of memory, node lost); `hung`: a call outlived its timeout. Restarting
+    the roles may help in both cases (`restartable`), not when a verb raised."""
 
-    def __init__(self, message: str, died: bool = False):
+    def __init__(self, message: str, died: bool = False, hung: bool = False):
         super().__init__(message)
-        self.died = died
+        self.died, self.hung = died, hung
+
+    @property
+    def restartable(self) -> bool:
+        return self.died or self.hung
 
 
 class RankRefs(list):
@@ -69,6 +74,7 @@ class WorkerGroup:
             raise ValueError(f"{len(bundle_indices)} bundle indices for {num_workers} workers")
         self.role = name or role_cls.__name__
         self.world_size = num_workers
+        self.call_timeout_s: float | None = None  # gather's default timeout: a longer call counts as hung
         remote_cls = ray.remote(role_cls)
         self.actors = []
         for rank in range(num_workers):
@@ -113,9 +119,11 @@ class WorkerGroup:
         """Results of per-rank refs, in rank order.
 
         Waits on all ranks together and raises `WorkerError` at the first failure
-        (task error, dead actor) or after `timeout` seconds, without waiting for
-        the other ranks, which may be stuck in a collective with the failed one.
+        (task error, dead actor) or after `timeout` seconds (default `call_timeout_s`),
+        without waiting for the other ranks, which may be stuck in a collective with the
+        failed one.
         """
+        timeout = self.call_timeout_s if timeout is None else timeout
         method = getattr(refs, "method", "?")
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         results: dict[int, Any] = {}
@@ -126,7 +134,8 @@ class WorkerGroup:
             ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
             if not ready:
                 ranks = sorted(rank_of[r] for r in pending)
-                raise WorkerError(f"{self.role} ranks {ranks} timed out after {timeout}s in {method}")
+                raise WorkerError(f"{self.role} ranks {ranks} timed out after {timeout:g}s in {method} "
+                                  f"(hung?)", hung=True)
             for ref in ready:
                 rank = rank_of[ref]
                 try:

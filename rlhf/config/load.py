@@ -159,8 +159,10 @@ def _check_ranges(cfg: RunConfig) -> None:
                        ("reference.zero_stage", cfg.reference.zero_stage)):
         if stage not in (0, 1, 2, 3):
             raise ConfigError(f"config key '{key}' must be 0, 1, 2 or 3 (got {stage})")
-    if cfg.cluster.torch_threads < 0:
-        raise ConfigError(f"config key 'cluster.torch_threads' must be >= 0 (got {cfg.cluster.torch_threads})")
+    for key, value in (("cluster.torch_threads", cfg.cluster.torch_threads),
+                       ("run.call_timeout_s", cfg.run.call_timeout_s)):
+        if value < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0 (got {value})")
     if cfg.algorithm.dual_clip is not None and cfg.algorithm.dual_clip <= 1:
         raise ConfigError(f"config key 'algorithm.dual_clip' must be > 1 (got {cfg.algorithm.dual_clip})")
     if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "rloo", "reinforce++-baseline"):

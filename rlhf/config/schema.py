@@ -26,7 +26,8 @@ class RunSection:
     trackers: list[str] = field(default_factory=list)  # extra trackers: "tensorboard", "wandb", "mlflow"
     plots: bool = True                 # write PNG curves to the run directory at the end
     export_hf: bool = True             # save the final policy in Hugging Face format
-    max_restarts: int = 0              # with resume=auto: times the run restarts its roles after a worker dies
+    max_restarts: int = 0              # with resume=auto: times the run restarts its roles after a worker dies or hangs
+    call_timeout_s: float = 1800.0     # a worker call (generate, update, ...) that takes longer is hung; 0: no limit
     max_bad_steps: int = 3             # NaN/Inf steps skipped before the run stops
 
 

@@ -1,5 +1,5 @@
-"""Fault injection with real processes: a killed worker, a run killed while it writes a
-checkpoint, NaN/Inf in the batch and in the gradients.
+"""Fault injection with real processes: a killed worker, a hung one, a run killed while it
+writes a checkpoint, NaN/Inf in the batch and in the gradients.
 
 Each case asserts the message (what failed, where) and that no completed checkpoint
 or metric line is lost. Runs go through the real CLI entry (`rlhf.cli.main`) on the
@@ -66,13 +66,14 @@ def our_processes(title: str) -> list[psutil.Process]:
     return found
 
 
-def kill_actor_when(path: Path, killed: dict) -> threading.Thread:
-    """In the background: once `path` exists, SIGKILL the actor-role worker process(es)."""
+def kill_actor_when(path: Path, killed: dict, sig: int = signal.SIGKILL) -> threading.Thread:
+    """In the background: once `path` exists, send `sig` (SIGKILL: dead; SIGSTOP: hung)
+    to the actor-role worker process(es)."""
     def run():
         wait_for(path)
         procs = our_processes("ray::ActorWorker")
         for proc in procs:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
         killed.update(at=time.monotonic(), pids=[p.pid for p in procs])
 
     thread = threading.Thread(target=run, daemon=True)
@@ -112,6 +113,23 @@ def test_dead_worker_restarts_roles_and_resumes_from_last_checkpoint(ray_session
     redone = [json.loads(line)["step"] for line in rolled_back.read_text().splitlines()] if rolled_back.exists() else []
     assert all(step > 2 for step in redone)
     assert complete(run_dir, 4).exists()
+
+
+def test_hung_worker_times_out_and_the_run_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path, capsys):
+    """A worker that stops answering (SIGSTOP: alive, never returns) is caught by
+    run.call_timeout_s and handled like a dead one: new roles, resume."""
+    run_dir, stopped = tmp_path / "run", {}
+    thread = kill_actor_when(complete(run_dir, 1), stopped, signal.SIGSTOP)
+    code = cli(run_dir, "run.total_steps=3", "run.resume=auto", "run.max_restarts=1", "run.call_timeout_s=30")
+    thread.join(timeout=5)
+    out = capsys.readouterr().out
+    assert stopped["pids"] and code == 0
+    assert "actor ranks [0] timed out after 30s in" in out and "(hung?)" in out and "restart 1/1" in out
+    assert "resumed from" in out and "step-000001" in out
+    assert steps_logged(run_dir) == [1, 2, 3]
+    assert complete(run_dir, 3).exists()
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in stopped["pids"])  # the stopped process was killed with its roles
 
 
 # ------------------------------------------------------------------ killed mid-checkpoint

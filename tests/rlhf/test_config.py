@@ -41,6 +41,7 @@ def test_overrides_are_typed_and_applied():
     (["cluster.placement=everywhere"], "cluster.placement"),
     (["algorithm.dual_clip=0.5"], "algorithm.dual_clip"),
     (["cluster.torch_threads=-1"], "cluster.torch_threads"),
+    (["run.call_timeout_s=-5"], "run.call_timeout_s"),
     (["actorlr"], "actorlr"),
 ])
 def test_bad_config_names_the_key(override, needle):
