@@ -37,11 +37,17 @@ class PPOTrainer:
         self.timer = PhaseTimer()
         self.step_index = 0
         self.weight_version = 0
-        self.placement = None
+        self.roles = None          # rlhf.roles.PPORoles once setup starts them
         self.rewards = None
         self.logger = None
         self.peak_rss_gb = 0.0
         self.bad_steps = 0         # steps skipped for NaN/Inf (run.max_bad_steps)
+
+    rollout = property(lambda self: self.roles.rollout)
+    actor = property(lambda self: self.roles.actor)
+    critic = property(lambda self: self.roles.critic)
+    reference = property(lambda self: self.roles.reference)
+    reward_model = property(lambda self: self.roles.reward_model)
 
     # ================================================================ setup
     def setup(self) -> None:
@@ -61,7 +67,10 @@ class PPOTrainer:
         self.sampler = PromptSampler(len(self.train_set), cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.kl_ctrl = make_kl_controller(cfg.algorithm.kl.controller, **self._kl_kwargs())
         self.rewards = make_reward_manager(cfg)
-        self._start_roles()
+        from rlhf.roles import PPORoles
+
+        self.roles = PPORoles(cfg)
+        self.roles.start(self.paths, self.run_dir)
         start_step = self._resume(resume_from) if resume_from else 0
         self.step_index = start_step
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
@@ -104,60 +113,6 @@ class PPOTrainer:
                 raise FileNotFoundError(f"config key '{key}': model path not found: {path}")
         return paths
 
-    def _start_roles(self) -> None:
-        from rlhf.roles import make_placement, role_requests
-        from workers.actor import ActorWorker
-        from workers.critic import CriticWorker
-        from workers.group import WorkerGroup
-        from workers.reference import ReferenceWorker
-        from workers.reward_model import RewardModelWorker
-        from workers.rollout import RolloutWorker
-
-        cfg, started = self.cfg, time.time()
-        self.placement = make_placement(cfg, role_requests(cfg))
-        placed = self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
-        self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
-        pg, idx = self.placement.of("rollout")
-        self.rollout = WorkerGroup(RolloutWorker, cfg.rollout.num_workers, num_cpus=cfg.rollout.num_cpus,
-                                   num_gpus=cfg.rollout.num_gpus, placement_group=pg, bundle_indices=idx,
-                                   name="rollout", init_kwargs=dict(model_path=self.paths["policy"],
-                                                                    cfg=cfg.rollout, seed=cfg.run.seed),
-                                   distributed=False)
-        common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
-        pg, idx = self.placement.of("actor")
-        self.actor = WorkerGroup(ActorWorker, cfg.actor.num_workers, num_cpus=cfg.actor.num_cpus,
-                                 num_gpus=cfg.actor.num_gpus, placement_group=pg, bundle_indices=idx, name="actor",
-                                 init_kwargs=dict(model_path=self.paths["policy"], trainer_cfg=cfg.actor,
-                                                  algo_cfg=cfg.algorithm, **common))
-        self.critic = None
-        if cfg.algorithm.uses_critic:
-            pg, idx = self.placement.of("critic")
-            self.critic = WorkerGroup(CriticWorker, cfg.critic.num_workers, num_cpus=cfg.critic.num_cpus,
-                                      num_gpus=cfg.critic.num_gpus, placement_group=pg, bundle_indices=idx,
-                                      name="critic", init_kwargs=dict(model_path=self.paths["critic"],
-                                                                      trainer_cfg=cfg.critic,
-                                                                      algo_cfg=cfg.algorithm, **common))
-        pg, idx = self.placement.of("reference")
-        self.reference = WorkerGroup(ReferenceWorker, 1, num_cpus=cfg.reference.num_cpus,
-                                     num_gpus=cfg.reference.num_gpus, placement_group=pg, bundle_indices=idx,
-                                     name="reference", init_kwargs=dict(model_path=self.paths["reference"],
-                                                                        cfg=cfg.reference,
-                                                                        micro_batch_size=cfg.train.micro_batch_size))
-        self.reward_model = None
-        if self.paths["reward_model"]:
-            pg, idx = self.placement.of("reward_model")
-            self.reward_model = WorkerGroup(RewardModelWorker, 1, num_cpus=cfg.reward.num_cpus,
-                                            placement_group=pg, bundle_indices=idx, name="reward_model",
-                                            init_kwargs=dict(model_path=self.paths["reward_model"],
-                                                             normalize=cfg.reward.model_normalize,
-                                                             micro_batch_size=cfg.train.micro_batch_size))
-        for group in self._groups():
-            group.call_timeout_s = cfg.run.call_timeout_s or None
-        transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
-                                       cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
-        self.startup_seconds = time.time() - started
-        say(f"roles up in {self.startup_seconds:.0f}s (weight sync transport: {transport})")
-
     # ================================================================ one PPO step
     def step(self) -> dict:
         cfg, t, metrics = self.cfg, self.timer, {}
@@ -166,17 +121,17 @@ class PPOTrainer:
 
         # step 1. generate n responses per prompt with the current policy (vLLM)
         with t("generate"):
-            self._share_cores(self.rollout)
+            self.roles.share_cores(self.rollout)
             batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
                                                   seed=cfg.run.seed * 1_000_003 + self.step_index)
         # step 2. score them: reward functions (process pool) and the reward model
         with t("reward"):
-            self._share_cores(self.reward_model)
+            self.roles.share_cores(self.reward_model)
             scores, reward_metrics = self._score(batch, rows, texts, finish, cfg.rollout.n)
             batch = batch.replace(scores=scores)
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
-            self._share_cores(None if cfg.old_logprobs_from_update else self.actor, self.reference, self.critic)
+            self.roles.share_cores(None if cfg.old_logprobs_from_update else self.actor, self.reference, self.critic)
             batch = self._logprobs_and_values(batch)
         # step 4. KL penalty and advantages (pure functions of the batch)
         with t("advantages"):
@@ -217,7 +172,7 @@ class PPOTrainer:
         # step 5+6. critic and actor updates, concurrently (different workers)
         self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
-            self._share_cores(self.actor, self.critic)
+            self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             if batch.old_logprobs is None:  # on-policy: the update's forward scores them
                 results = self.actor.gather(self.actor.call_split("update_on_policy", batch, temperature=temperature))
@@ -231,22 +186,6 @@ class PPOTrainer:
         with t("sync"):
             sync_metrics = self._sync_weights()
         return {**actor_metrics, **critic_metrics, **sync_metrics}, batch
-
-    def _share_cores(self, *groups) -> None:
-        """CPU with cluster.torch_threads=0: the worker groups busy in the next phase split
-        their nodes' cores into torch threads. Ray starts a worker that asks for less
-        than one CPU with one thread; a role running alone is ~1.9x faster on 2 cores
-        with both (BENCHMARKS.md). Calls to an actor run in order, so no wait is needed."""
-        from rlhf.roles import core_sharers
-        from workers import device as dev
-
-        if self.cfg.cluster.torch_threads or dev.detect().is_gpu:
-            return
-        busy = [g for g in groups if g is not None]
-        sharers = core_sharers({g.role: self.rank_nodes[g.role] for g in busy})
-        for group in busy:
-            for actor, count in zip(group.actors, sharers[group.role]):
-                actor.share_cores.remote(count)
 
     def _bad_step(self, why: str) -> None:
         """Count a NaN/Inf step; stop the run once more than run.max_bad_steps were seen."""
@@ -463,15 +402,8 @@ class PPOTrainer:
             self.logger.close()
         if self.rewards:
             self.rewards.close()
-        for group in self._groups():
-            group.kill()
-        if self.placement:
-            self.placement.remove()
-
-    def _groups(self) -> list:
-        """The worker groups started so far."""
-        names = ("rollout", "actor", "critic", "reference", "reward_model")
-        return [g for g in (getattr(self, name, None) for name in names) if g is not None]
+        if self.roles:
+            self.roles.kill()
 
 
 # ==================================================================== helpers

@@ -25,9 +25,10 @@ def nonfinite_fields(batch: Batch) -> str:
 
 
 def train_with_restarts(cfg: RunConfig):
-    """setup -> train -> finish (always cleanup). When a worker process dies or hangs
-    (a call outlives run.call_timeout_s) and run.resume=auto, start all roles afresh in the same run directory from its last
-    checkpoint, at most run.max_restarts times; otherwise the WorkerError ends the run."""
+    """setup -> train -> finish (always cleanup). When a worker process dies or hangs (a
+    call outlives run.call_timeout_s) and run.resume=auto, start all roles afresh in the
+    same run directory from its last checkpoint, at most run.max_restarts times;
+    otherwise the WorkerError ends the run."""
     from rlhf.controller import PPOTrainer
     from rlhf.stage_run import run_to_end
     from workers.group import WorkerError

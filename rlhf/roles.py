@@ -1,6 +1,8 @@
 """Bring up the roles of a run on Ray: placement groups, worker groups, engines.
 
-Only the controller imports this (it needs ray). `colocated` puts every role in one
+Only the controller imports this (it needs ray). `PPORoles` starts the worker groups
+of a PPO run, tells the busy ones how many ranks share their node's cores before each
+phase, and stops them. `colocated` puts every role in one
 placement group (on GPU they share devices); `split` gives each role its own group,
 which Ray may place on different nodes; `cluster.role_resources` adds custom Ray
 resources to a role's ranks, which pins the role to the nodes that have them.
@@ -184,3 +186,87 @@ def _wait(pg, what: str, timeout_s: float) -> None:
         raise ClusterResourceError(
             f"{what} not placed after {time.time() - start:.0f}s: no node (set) has the resources "
             f"{pg.bundle_specs}; check `ray status`") from None
+
+
+# ==================================================================== the PPO run's groups
+ROLE_NAMES = ("rollout", "actor", "critic", "reference", "reward_model")
+
+
+class PPORoles:
+    """The worker groups of a PPO run (None where the config has no such role)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.placement: Placement | None = None
+        self.rank_nodes: dict[str, list[str]] = {}  # role -> node id of each rank
+        self.rollout = self.actor = self.critic = self.reference = self.reward_model = None
+
+    def start(self, paths: dict[str, str | None], run_dir: Path) -> None:
+        """Place and start every role, then connect the actor to the rollout engines.
+        Groups started before a failure stay reachable, so `kill()` stops them."""
+        from workers.actor import ActorWorker
+        from workers.critic import CriticWorker
+        from workers.reference import ReferenceWorker
+        from workers.reward_model import RewardModelWorker
+        from workers.rollout import RolloutWorker
+
+        cfg, started = self.cfg, time.time()
+        self.placement = make_placement(cfg, role_requests(cfg))
+        placed = self.placement.save(run_dir / "placement.json")
+        self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
+        common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
+        self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, distributed=False,
+                                   model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed)
+        self.actor = self._group("actor", ActorWorker, cfg.actor, model_path=paths["policy"], trainer_cfg=cfg.actor,
+                                 algo_cfg=cfg.algorithm, **common)
+        if cfg.algorithm.uses_critic:
+            self.critic = self._group("critic", CriticWorker, cfg.critic, model_path=paths["critic"],
+                                      trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
+        self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
+                                     model_path=paths["reference"], cfg=cfg.reference,
+                                     micro_batch_size=cfg.train.micro_batch_size)
+        if paths["reward_model"]:
+            self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1, num_gpus=0.0,
+                                            model_path=paths["reward_model"], normalize=cfg.reward.model_normalize,
+                                            micro_batch_size=cfg.train.micro_batch_size)
+        transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
+                                       cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
+        say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
+
+    def _group(self, role: str, worker_cls: type, section, *, workers: int | None = None,
+               num_gpus: float | None = None, distributed: bool = True, **init_kwargs):
+        """One role's WorkerGroup in its placement slots; its calls time out after
+        run.call_timeout_s (a longer call counts as hung)."""
+        from workers.group import WorkerGroup
+
+        pg, idx = self.placement.of(role)
+        group = WorkerGroup(worker_cls, workers or section.num_workers, num_cpus=section.num_cpus,
+                            num_gpus=section.num_gpus if num_gpus is None else num_gpus, placement_group=pg,
+                            bundle_indices=idx, name=role, init_kwargs=init_kwargs, distributed=distributed)
+        group.call_timeout_s = self.cfg.run.call_timeout_s or None
+        return group
+
+    def groups(self) -> list:
+        """The groups started so far."""
+        return [g for g in (getattr(self, name) for name in ROLE_NAMES) if g is not None]
+
+    def share_cores(self, *groups) -> None:
+        """CPU with cluster.torch_threads=0: the groups busy in the next phase split their
+        nodes' cores into torch threads (None entries are skipped). Ray starts a worker
+        that asks for less than one CPU with one thread; a role running alone is ~1.9x
+        faster on 2 cores with both (BENCHMARKS.md). Calls to an actor run in order, so
+        no wait is needed."""
+        if self.cfg.cluster.torch_threads or dev.detect().is_gpu:
+            return
+        busy = [g for g in groups if g is not None]
+        sharers = core_sharers({g.role: self.rank_nodes[g.role] for g in busy})
+        for group in busy:
+            for actor, count in zip(group.actors, sharers[group.role]):
+                actor.share_cores.remote(count)
+
+    def kill(self) -> None:
+        """Stop every group (orderly shutdown first) and free the placement groups."""
+        for group in self.groups():
+            group.kill()
+        if self.placement:
+            self.placement.remove()

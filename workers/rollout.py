@@ -127,8 +127,8 @@ class RolloutWorker:
         return dev.share_cores(sharers)
 
     def shutdown(self) -> bool:
-        """Stop the engine's processes the orderly way, so they remove their shared-memory
-        queues (a plain kill leaves them in /dev/shm)."""
+        """Stop the engine the orderly way. GPU: its engine-core process removes its
+        shared-memory queues (a plain kill leaves them in /dev/shm); CPU: in process."""
         llm = getattr(self, "llm", None)  # None if the engine never started
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()

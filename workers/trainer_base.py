@@ -319,15 +319,14 @@ class DeepSpeedTrainer(RankWorker):
         self.model_path, self.cfg, self.train_cfg = model_path, trainer_cfg, train_cfg
         self.seed, self.dtype_name = seed, dtype
         self.engine = None
+        self.max_threads: int | None = None  # set in setup from the model size
 
     def load_model(self, dtype: torch.dtype):
         raise NotImplementedError
 
     def share_cores(self, sharers: int) -> int:
         """As RankWorker's, but small models train on one thread (MIN_PARAMS_FOR_THREADS)."""
-        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full size
-        small = params < MIN_PARAMS_FOR_THREADS
-        return dev.share_cores(sharers, max_threads=1 if small else None)
+        return dev.share_cores(sharers, max_threads=self.max_threads)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -348,6 +347,8 @@ class DeepSpeedTrainer(RankWorker):
             self._hf_ds_config = zero3_sharded_loading(self.ds_config)
         # fp32 master weights; DeepSpeed casts the module to bf16 when enabled
         model = self.load_model(torch.float32)
+        if sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()) < MIN_PARAMS_FOR_THREADS:  # ZeRO-3: full
+            self.max_threads = 1
         if self.cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         factor = warmup_then_constant(self.cfg.warmup_steps)

@@ -33,7 +33,7 @@ def sampling_kwargs(args) -> dict:
 
 
 def start_pipeline_engine(path: str, cfg):
-    """The rollout role as the controller starts it (rlhf/controller.py, _start_roles)."""
+    """The rollout role as the controller starts it (rlhf/roles.py, PPORoles.start)."""
     from workers.group import WorkerGroup
     from workers.rollout import RolloutWorker
 

@@ -82,7 +82,7 @@ def recipe_config(args):
 
 
 def start_actor(cfg):
-    """The actor role as the controller starts it (rlhf/controller.py, _start_roles)."""
+    """The actor role as the controller starts it (rlhf/roles.py, PPORoles.start)."""
     from workers.actor import ActorWorker
     from workers.group import WorkerGroup
 
