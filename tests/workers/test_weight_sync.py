@@ -107,34 +107,22 @@ def _as_synced(model, dtype: torch.dtype):
     return copy.deepcopy(model).to(dtype).float()
 
 
-# |vLLM - transformers| log-prob limits (mean, max) after a sync. The reference runs in fp32
-# on the weights the engine received, so an fp32 engine must agree to rounding, and a bf16
-# engine within its arithmetic: on the perturbed tiny policy bf16 alone moves log-probs by
-# up to ~1 nat (transformers' own bf16 forward against its fp32 one, measured on an
-# AVX2-only EPYC: mean 0.067, max 1.11), which is why these tests follow the engine's dtype.
-LIMITS = {torch.float32: (1e-3, 1e-2), torch.bfloat16: (0.02, 0.25)}
-
-
-def _engine_dtype(rollout_worker) -> torch.dtype:
-    return getattr(torch, ray.get(rollout_worker.engine_info.remote())["dtype"])
-
-
-def _sync_and_check(sender, rollout_worker, model, version, prompts, responses, tokenizer, hf_scorer, diffs):
-    """Send `model`'s weights, then the engine's log-probs must match transformers' on them."""
-    dtype = _engine_dtype(rollout_worker)
+def _sync_and_check(sender, rollout_worker, model, version, prompts, responses, tokenizer, hf_scorer, diffs,
+                    limits):
+    """Send `model`'s weights (in the engine's dtype), then the engine's log-probs must match
+    transformers' in fp32 on the weights the engine received, within the dtype's `limits`."""
     stats = sender.send(iter(model.state_dict().items()), version=version)
     assert ray.get(rollout_worker.weight_version.remote()) == version
-    want = hf_scorer(_as_synced(model, dtype), prompts, responses, tokenizer.pad_token_id)
+    want = hf_scorer(_as_synced(model, sender.dtype), prompts, responses, tokenizer.pad_token_id)
     d = diffs(ray.get(rollout_worker.score_sequences.remote(prompts, responses)), want)
-    mean_limit, max_limit = LIMITS[dtype]
-    assert d.mean() < mean_limit and d.max() < max_limit, (dtype, d.mean(), d.max())
+    assert d.mean() < limits[0] and d.max() < limits[1], (sender.dtype, d.mean(), d.max())
     return stats
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("transport", ["shm", "process_group"])
 def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_policy, tokenizer, hf_scorer,
-                                              diffs, fixed_sequences):
+                                              diffs, fixed_sequences, engine_dtype, logprob_limits):
     prompts, responses = fixed_sequences
     noisy = _perturbed(hf_policy, seed={"shm": 1, "process_group": 2}[transport])
     want = hf_scorer(noisy, prompts, responses, tokenizer.pad_token_id)
@@ -145,17 +133,16 @@ def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_poli
 
     state = list(noisy.state_dict().items())
     bucket_bytes = 256 << 10  # the ~1M-param model needs several buckets
-    itemsize = _engine_dtype(rollout_worker).itemsize
-    n_buckets = bucket_count([t.numel() * itemsize for _, t in state], bucket_bytes)
+    n_buckets = bucket_count([t.numel() * engine_dtype.itemsize for _, t in state], bucket_bytes)
     assert n_buckets >= 3
     handle = _CountingHandle(rollout_worker)
     sender = WeightSender(transport, bucket_bytes=bucket_bytes)  # buckets in the engine's dtype
     v0 = ray.get(rollout_worker.weight_version.remote())
     try:
         assert sender.connect([handle]) == transport
-        assert sender.dtype == _engine_dtype(rollout_worker)
+        assert sender.dtype == engine_dtype
         stats = _sync_and_check(sender, rollout_worker, noisy, v0 + 1, prompts, responses, tokenizer,
-                                hf_scorer, diffs)
+                                hf_scorer, diffs, logprob_limits)
         assert stats["sync/buckets"] == n_buckets and stats["sync/bytes"] > 0 and stats["sync/seconds"] > 0
         # One control message per bucket (plus one finish per sync), never per tensor.
         assert handle.calls["receive_bucket"] == n_buckets < len(state)
@@ -175,7 +162,7 @@ def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_poli
 
 @pytest.mark.integration
 def test_sync_with_fused_shards_in_different_buckets(rollout_worker, hf_policy, tokenizer, hf_scorer, diffs,
-                                                      fixed_sequences):
+                                                      fixed_sequences, logprob_limits):
     """vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj; with small buckets a
     fused layer's shards arrive in different buckets and must all land."""
     prompts, responses = fixed_sequences
@@ -187,7 +174,7 @@ def test_sync_with_fused_shards_in_different_buckets(rollout_worker, hf_policy, 
         buckets = [metas for _, metas in pack_buckets(iter(noisy.state_dict().items()), 1, sender.dtype)]
         assert all(len(metas) == 1 for metas in buckets)  # q, k, v (gate, up) each in a bucket of its own
         stats = _sync_and_check(sender, rollout_worker, noisy, v0 + 1, prompts, responses, tokenizer,
-                                hf_scorer, diffs)
+                                hf_scorer, diffs, logprob_limits)
         assert stats["sync/buckets"] == len(buckets) == len(noisy.state_dict())
     finally:
         sender.send(iter(hf_policy.state_dict().items()), version=v0 + 2)
