@@ -1,13 +1,27 @@
-"""Run outputs: metrics.jsonl, optional trackers, console progress, phase timers."""
+"""Run outputs: metrics.jsonl, optional trackers, console messages and progress bars,
+phase timers.
+
+Console: `say()` logs to the "rlhf" logger, which prints "[rlhf] message" lines on
+stdout at INFO (the quiet default: nothing below INFO; other libraries' loggers are
+left alone). `logging.getLogger("rlhf").setLevel(...)` or your own handlers change
+that. Waits longer than a few seconds (role start-up, evaluation) show a tqdm bar on
+stderr whose elapsed time ticks while the wait lasts.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tqdm import tqdm
+
+log = logging.getLogger("rlhf")
 
 
 class PhaseTimer:
@@ -115,8 +129,56 @@ def progress_line(step: int, total: int, metrics: dict) -> str:
     return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} {shown}"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to sys.stdout as it is at each record (pytest's capsys and
+    contextlib.redirect_stdout replace it after this handler is made)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
+def _configure_console() -> None:
+    if not log.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("[rlhf] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # a root handler (Ray's, vLLM's, a user's) would print it twice
+
+
+_configure_console()
+
+
 def say(message: str) -> None:
-    print(f"[rlhf] {message}", flush=True)
+    """One console line, "[rlhf] message" (INFO on the "rlhf" logger)."""
+    log.info(message)
+
+
+@contextmanager
+def progress(desc: str, total: int, unit: str = "it", tick_s: float = 1.0):
+    """A tqdm bar on stderr for a wait of `total` units; redrawn every tick_s seconds so
+    the elapsed time moves while one long unit (a role loading its model) lasts.
+    Removed when done: the caller says what happened in one line."""
+    bar = tqdm(total=total, desc=f"[rlhf] {desc}", unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(tick_s):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True, name="progress-tick")
+    ticker.start()
+    try:
+        yield bar
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
 
 
 def print_progress(line: str) -> None:
