@@ -80,6 +80,7 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             self._rewind(resume_step)
+        config = json.loads(json.dumps(config, default=str))  # trackers take plain JSON values
         self.trackers = [make_tracker(name, run_dir, config) for name in trackers]
 
     def _rewind(self, resume_step: int) -> None:
@@ -186,7 +187,11 @@ def print_progress(line: str) -> None:
 
 
 # ---------------------------------------------------------------- trackers
+# Each writes into the run directory unless told otherwise by its own environment
+# (WANDB_MODE=offline, MLFLOW_TRACKING_URI, ...). Packages: the `trackers` extra.
 class _TensorBoard:
+    """Event files in <run_dir>/tensorboard (`tensorboard --logdir <run_dir>`)."""
+
     def __init__(self, run_dir: Path, config: dict):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -200,6 +205,8 @@ class _TensorBoard:
 
 
 class _WandB:
+    """A W&B run named after the run directory, files in <run_dir>/wandb."""
+
     def __init__(self, run_dir: Path, config: dict):
         import wandb
         self.run = wandb.init(project="rlhf", dir=str(run_dir), config=config, name=run_dir.name)
@@ -212,19 +219,39 @@ class _WandB:
 
 
 class _MLflow:
+    """An MLflow run in experiment "rlhf". Store: MLFLOW_TRACKING_URI if set, else a SQLite
+    database <run_dir>/mlflow.db with artifacts in <run_dir>/mlartifacts (MLflow 3 refuses
+    its old ./mlruns file store unless MLFLOW_ALLOW_FILE_STORE=true). Metric names use "."
+    for "/" (actor.pg_loss)."""
+
+    EXPERIMENT = "rlhf"
+
     def __init__(self, run_dir: Path, config: dict):
-        import mlflow
-        self.mlflow = mlflow
-        mlflow.start_run(run_name=run_dir.name)
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        self.tracking_uri = uri
+        exp = self.client.get_experiment_by_name(self.EXPERIMENT)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.EXPERIMENT, artifact_location=None if os.environ.get("MLFLOW_TRACKING_URI")
+            else (run_dir / "mlartifacts").resolve().as_uri())
+        self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
+        self.client.log_dict(self.run_id, config, "config.json")
 
     def log(self, step, metrics):
-        self.mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k.replace("/", "."), float(v), now, step)
+                                                    for k, v in metrics.items()])
 
     def close(self):
-        self.mlflow.end_run()
+        self.client.set_terminated(self.run_id)
 
 
-TRACKERS = {"tensorboard": (_TensorBoard, "tensorboard"), "wandb": (_WandB, "wandb"), "mlflow": (_MLflow, "mlflow")}
+TRACKERS = {"tensorboard": (_TensorBoard, "tensorboard"), "wandb": (_WandB, "wandb"),
+            "mlflow": (_MLflow, "mlflow-skinny")}
 
 
 def make_tracker(name: str, run_dir: Path, config: dict):
@@ -233,6 +260,6 @@ def make_tracker(name: str, run_dir: Path, config: dict):
     cls, package = TRACKERS[name]
     try:
         return cls(run_dir, config)
-    except ImportError:
-        raise RuntimeError(f"tracker {name!r} needs the '{package}' package: pip install {package} "
-                           f"(or remove it from run.trackers)") from None
+    except ImportError as err:
+        raise RuntimeError(f"tracker {name!r} needs the '{package}' package ({err}): pip install -e '.[trackers]' "
+                           f"installs every tracker (or remove it from run.trackers)") from None
