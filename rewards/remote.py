@@ -48,7 +48,8 @@ class RemoteRewardClient:
         for s in range(0, len(responses), self.batch_size):
             e = s + self.batch_size
             body = {"prompts": list(prompts[s:e]), "responses": list(responses[s:e]), "labels": list(labels[s:e])}
-            scores = self._post(body).get("scores")
+            reply = self._post(body)
+            scores = reply.get("scores") if isinstance(reply, dict) else reply
             n = len(body["responses"])
             if not isinstance(scores, list) or len(scores) != n:
                 raise RewardError(f"reward server at {self.url} returned {_short(scores)} instead of {n} scores")
