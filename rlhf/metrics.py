@@ -209,6 +209,7 @@ class _WandB:
 
     def __init__(self, run_dir: Path, config: dict):
         import wandb
+        self.wandb = wandb
         self.run = wandb.init(project="rlhf", dir=str(run_dir), config=config, name=run_dir.name)
 
     def log(self, step, metrics):
@@ -216,6 +217,9 @@ class _WandB:
 
     def close(self):
         self.run.finish()
+        # finish() can return before wandb's service has written the run's log to disk
+        # (seen offline with wandb 0.31: a 7-byte .wandb file); teardown waits for it.
+        self.wandb.teardown()
 
 
 class _MLflow:

@@ -70,9 +70,10 @@ def test_wandb_offline_run_holds_every_step_and_the_config(tmp_path, monkeypatch
     run_dir.mkdir()
     log_steps(run_dir, "wandb")
     (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    history, config, names = {}, {}, []
+    history, config, names, kinds = {}, {}, [], []
     for record in wandb_records(log):
         kind = record.WhichOneof("record_type")
+        kinds.append(kind)
         if kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             history[row.pop("_step")] = {k: v for k, v in row.items() if not k.startswith("_")}
@@ -80,7 +81,7 @@ def test_wandb_offline_run_holds_every_step_and_the_config(tmp_path, monkeypatch
             updates = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key: json.loads(item.value_json) for item in updates})
             names += [record.run.display_name] if kind == "run" else []
-    assert history == STEPS
+    assert history == STEPS, (kinds, log.stat().st_size)
     assert config["algorithm"] == CONFIG["algorithm"] and config["actor"] == CONFIG["actor"]
     assert names and set(names) == {"run"}
 
