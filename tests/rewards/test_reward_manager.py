@@ -198,6 +198,14 @@ def test_file_that_fails_on_import(tmp_path):
         RewardManager([RewardSpec("b", "broken.py:f")], num_workers=1, base_dir=tmp_path)
 
 
+def test_file_that_exits_on_import(tmp_path):
+    (tmp_path / "exits.py").write_text("import os\nos._exit(3)\n")
+    t0 = time.monotonic()
+    with pytest.raises(RewardError, match=r"reward worker died while loading the reward functions"):
+        RewardManager([RewardSpec("b", "exits.py:f")], num_workers=1, base_dir=tmp_path)
+    assert time.monotonic() - t0 < 30  # not respawned until the 120 s start timeout
+
+
 @pytest.mark.parametrize(
     "specs, kw, message",
     [

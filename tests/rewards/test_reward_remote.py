@@ -3,6 +3,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -25,13 +26,9 @@ def server():
             raise RuntimeError("model on fire")
         return length_scorer(prompts, responses, labels)
 
-    srv = make_server(scorer, port=0)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.calls = calls
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with make_server(scorer, port=0) as srv:  # serving from a background thread
+        srv.calls = calls
+        yield srv
 
 
 def closed_port() -> int:
@@ -57,6 +54,10 @@ def test_health_and_bad_requests(server):
         client._post({"prompts": ["a"], "responses": ["a", "b"]})
     with pytest.raises(RewardError, match=r"unreachable after 1 attempt\(s\): HTTP 500 .*model on fire"):
         client.score(["p"], ["explode"], [None])
+    assert client._post({"prompts": ["p"], "responses": ["abc"]}) == {"scores": [3.0]}  # labels may be omitted
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server.url + "/nowhere", timeout=5)
+    assert err.value.code == 404 and "use POST /score" in json.loads(err.value.read())["error"]
 
 
 def test_as_reward_spec(server):
@@ -95,7 +96,7 @@ def test_retry_then_success():
         time.sleep(0.3)
         srv = make_server(length_scorer, port=port)
         started["srv"] = srv
-        srv.serve_forever(poll_interval=0.05)
+        srv.serve_forever()
 
     threading.Thread(target=start_later, daemon=True).start()
     client = RemoteRewardClient(f"http://127.0.0.1:{port}/score", timeout_s=1, retries=5, backoff_s=0.1)

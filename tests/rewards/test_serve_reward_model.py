@@ -2,7 +2,6 @@
 (char-level tokenizer, safetensors), served on loopback."""
 import importlib.util
 import string
-import threading
 from pathlib import Path
 
 import pytest
@@ -62,10 +61,5 @@ def test_scores_read_at_last_non_pad_token_and_served(tiny_rm):
 
     from rewards import RemoteRewardClient
 
-    server = mod.make_server(scorer, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
+    with mod.make_server(scorer, "127.0.0.1", 0) as server:
         assert RemoteRewardClient(server.url, batch_size=2).score(prompts, responses, [None] * 4) == pytest.approx(want, abs=1e-5)
-    finally:
-        server.shutdown()
-        server.server_close()
