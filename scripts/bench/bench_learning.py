@@ -52,6 +52,10 @@ class BenchError(Exception):
     """A recipe setting TRL's GRPOTrainer cannot match (or bad bench input)."""
 
 
+class RunFailed(Exception):
+    """One side's run exited non-zero (the message holds its log's tail)."""
+
+
 # ==================================================================== settings from the recipe
 def load_recipe(recipe: Path, overrides: list[str]):
     from rlhf.config import load_config
@@ -188,8 +192,8 @@ def _run_logged(cmd: list[str], log_path: Path) -> float:
     with open(log_path, "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT)
     if done.returncode:
-        raise RuntimeError(f"{Path(cmd[1]).name if len(cmd) > 1 else cmd[0]} failed (exit {done.returncode}); "
-                           f"log tail:\n{log_path.read_text()[-3000:]}")
+        raise RunFailed(f"{' '.join(cmd[:4])} ... failed (exit {done.returncode}); the end of its log:\n"
+                        f"{log_path.read_text()[-3000:]}")
     return time.time() - started
 
 
@@ -315,6 +319,9 @@ def main() -> int:
     except (BenchError, ConfigError) as err:
         print(f"bench_learning: {err}", file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"bench_learning: {err}", file=sys.stderr)
+        return 1
     common.save_result("learning", result, args.out_dir)
     print(report(result))
     return 0
