@@ -42,7 +42,9 @@ import common
 
 HERE = Path(__file__).resolve().parent
 TRL_VERSION = "1.16.0"
-TRL_PACKAGES = ["torch==2.13.0+cpu", f"trl=={TRL_VERSION}"]  # the CPU torch wheel comes from pip's find-links
+# The CPU torch wheel comes from pip's find-links; httpx, tenacity and pebble are what the
+# project's rewards package (imported by trl_learning.py) needs.
+TRL_PACKAGES = ["torch==2.13.0+cpu", f"trl=={TRL_VERSION}", "httpx==0.29.0", "tenacity==9.2.1", "pebble==5.2.3"]
 # TRL's fastest setting here: bf16 autocast over fp32 weights (`bf16=True`, as our
 # DeepSpeed bf16 keeps fp32 master weights) and no gradient checkpointing (GRPOConfig
 # turns it on by default; it recomputes the forward). The other settings tried
@@ -146,7 +148,7 @@ def trl_venv() -> Path:
     """TRL's own venv (python3.11 -m venv + pip), made once in the bench cache."""
     venv = common.CACHE_DIR / "trl-venv"
     python = venv / "bin" / "python"
-    check = [str(python), "-c", f"import trl, sys; sys.exit(trl.__version__ != '{TRL_VERSION}')"]
+    check = [str(python), "-c", f"import trl, httpx, tenacity, pebble, sys; sys.exit(trl.__version__ != '{TRL_VERSION}')"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python
     print(f"[bench] making TRL's venv at {venv} (trl=={TRL_VERSION}, ~1 minute)", flush=True)
