@@ -57,7 +57,7 @@ class SFTConfig:
 
 @dataclass
 class PreferenceDataSection:
-    train_path: str = "../shared/data/hh-rlhf/harmless-base.jsonl.gz"  # JSONL(.gz) / Parquet; relative to the current dir
+    train_path: str = "data/hh-rlhf/harmless-base.jsonl.gz"  # JSONL(.gz) / Parquet; relative to the current dir (shipped: data/)
     eval_path: Optional[str] = None    # held-out file (None: the last eval_size pairs of train_path are held out)
     eval_size: int = 256               # held-out pairs
     format: str = "auto"               # "hh" (chosen/rejected full dialogues) | "pairs" (prompt/chosen/rejected) | "auto"
