@@ -41,9 +41,14 @@ def load_rows(path: str):
 
     from rlhf.tiny import resolve
 
-    resolved = Path(resolve(path))
+    try:
+        resolved = Path(resolve(path))
+    except KeyError as err:  # unknown tiny artifact
+        raise DataError(err.args[0]) from None
     if not resolved.exists():
         raise DataError(f"dataset not found: {path}" + (f" (resolved to {resolved})" if str(resolved) != path else ""))
+    if resolved.is_file() and not resolved.read_bytes().strip():
+        raise DataError(f"dataset {path} is empty")
     try:
         if resolved.is_dir():
             return datasets.load_from_disk(str(resolved))
@@ -54,7 +59,10 @@ def load_rows(path: str):
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+        text = " ".join(str(err).split())[:300]
+        if "corresponds to no data" in text:  # datasets' words for a file with no rows (`[]`, a bare CSV header)
+            raise DataError(f"dataset {path} has no rows") from None
+        raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {text}") from None
 
 
 def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -> str:
@@ -77,6 +85,10 @@ def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> Pr
         table = table.select(range(min(limit, len(table))))
     if len(table) == 0:
         raise DataError(f"dataset {path} has no rows")
+    label_key = data_cfg.label_key
+    if label_key is not None and label_key not in table.column_names:
+        raise DataError(f"dataset {path} has no label column {label_key!r} (columns: {table.column_names}); "
+                        f"set data.label_key (null: rows without labels)")
     other = [c for c in table.column_names if c not in (data_cfg.prompt_key, data_cfg.label_key)]
     out = PromptSet([], [], [], {c: [] for c in other}, 0, path)
     for i, row in enumerate(table):
@@ -87,7 +99,9 @@ def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> Pr
             continue
         out.prompt_ids.append(ids)
         out.prompts.append(text)
-        out.labels.append(row.get(data_cfg.label_key))
+        if label_key is not None and row[label_key] is None:
+            raise DataError(f"{path} row {i}: no label in column {label_key!r}")
+        out.labels.append(row[label_key] if label_key is not None else None)
         for c in other:
             out.columns[c].append(row[c])
     if not out.prompt_ids:

@@ -35,22 +35,35 @@ def read_rows(path: str) -> list[dict]:
     """Rows of a JSONL file (gzipped or not) or anything `rlhf.data.load_rows` reads."""
     from rlhf.tiny import resolve
 
-    resolved = Path(resolve(path))
+    try:
+        resolved = Path(resolve(path))
+    except KeyError as err:  # unknown tiny artifact
+        raise DataError(err.args[0]) from None
     if not resolved.exists():
         raise DataError(f"dataset not found: {path} (resolved to {resolved.resolve()})")
     if resolved.name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if resolved.suffix == ".gz" else open
-        rows = []
-        with opener(resolved, "rt", encoding="utf-8") as handle:
-            for i, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path} line {i + 1}: not JSON ({err.msg})") from None
+        try:
+            rows = _read_jsonl(resolved, path)
+        except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, not UTF-8
+            raise DataError(f"cannot read dataset {path}: {type(err).__name__}: {err}") from None
+        if not rows:
+            raise DataError(f"dataset {path} has no rows")
         return rows
     return [dict(row) for row in load_rows(str(resolved))]
+
+
+def _read_jsonl(resolved: Path, path: str) -> list:
+    opener = gzip.open if resolved.suffix == ".gz" else open
+    rows = []
+    with opener(resolved, "rt", encoding="utf-8") as handle:
+        for i, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {i + 1}: not JSON ({err.msg})") from None
+    return rows
 
 
 def _text(row: dict, key: str, source: str, index: int) -> str:

@@ -4,7 +4,8 @@
     top_p: float = in_range(1.0, 0, 1, low_open=True)   # (0, 1]
     placement: str = one_of("colocated", "split")       # the first choice is the default
 
-Each helper is a `dataclasses.field` carrying the check in its metadata; `check_fields`
+Each helper is a `dataclasses.field` carrying the check in its metadata (a callable
+default, e.g. `list`, is the field's default_factory); `check_fields`
 walks a loaded config (nested sections, lists of sections) and raises ConfigError
 naming the dotted key of the first value out of range. None passes every check:
 Optional fields use None for "off" / "default", documented on the field.
@@ -29,6 +30,8 @@ class Range:
     high_open: bool = False
 
     def ok(self, value) -> bool:
+        if isinstance(value, list):  # a list field: every item
+            return all(self.ok(item) for item in value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -66,7 +69,7 @@ def positive(default: Any) -> Any:
 
 
 def non_negative(default: Any) -> Any:
-    """>= 0 (0 often means "off": the field's comment says so)."""
+    """>= 0 (0 often means "off": the field's comment says so); a list field: every item."""
     return _checked(default, Range(0))
 
 

@@ -165,7 +165,7 @@ def _check_rewards(cfg: RunConfig) -> None:
     for i, f in enumerate(functions):
         if not f.name.strip() or not f.fn.strip():
             raise ConfigError(f"config key 'reward.functions[{i}]': name and fn must be non-empty (got {f.name!r}, {f.fn!r})")
-        if names.count(f.name) > 1:
+        if f.name in names[:i]:
             raise ConfigError(f"config key 'reward.functions[{i}].name': {f.name!r} is used twice; names must be unique")
 
 

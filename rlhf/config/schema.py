@@ -49,7 +49,7 @@ class DataSection:
     train_path: str = "tiny:arith_train"  # JSONL / Parquet file, saved-dataset folder, or "tiny:<name>"
     eval_path: Optional[str] = "tiny:arith_eval"  # held-out prompts (None: no evaluation)
     prompt_key: str = "prompt"         # column holding the prompt text (or chat messages)
-    label_key: str = "label"           # column holding the ground truth passed to rewards
+    label_key: Optional[str] = "label" # column holding the ground truth passed to rewards (null: none)
     template: str = one_of("plain", "chat")  # "plain" (prompt_template) | "chat" (tokenizer chat template)
     prompt_template: str = "{prompt}"  # plain template; {prompt} is replaced by the prompt column
     max_prompt_tokens: int = positive(32)  # longer prompts are dropped and counted, never truncated
@@ -65,7 +65,7 @@ class RolloutSection:
     top_p: float = in_range(1.0, 0, 1, low_open=True)
     top_k: int = in_range(-1, -1, None)   # -1 or 0: off
     max_new_tokens: int = positive(8)  # response budget
-    stop_token_ids: list[int] = field(default_factory=list)  # extra stop tokens besides EOS
+    stop_token_ids: list[int] = non_negative(list)  # extra stop tokens besides EOS
     eval_temperature: float = non_negative(0.0)  # 0: greedy evaluation
     dtype: str = "bfloat16"            # engine dtype (weights are synced in this dtype)
     memory_fraction: float = in_range(0.3, 0, 1, low_open=True)  # GPU: fraction of device memory; CPU: of host memory
