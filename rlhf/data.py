@@ -80,6 +80,9 @@ def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -
 
 def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> PromptSet:
     """Load, render and tokenize prompts; drop (and count) the ones over budget."""
+    if data_cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"config key 'data.template' is 'chat' but the policy's tokenizer has no chat template; "
+                        f"use data.template=plain")
     table = load_rows(path)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))

@@ -246,3 +246,8 @@ def test_stage_commands_check_their_recipes(command, recipe, tmp_path, capsys):
 
     code = main([command, str(ROOT / "recipes" / recipe), f"run.output_dir={tmp_path}", "trainer.lr=fast"])
     refused(code, capsys, "trainer.lr", tmp_path)
+
+
+def test_chat_template_needs_a_tokenizer_that_has_one(ray_session, tiny, tmp_path, capsys):
+    """The tiny kit's char-level tokenizer has no chat template."""
+    refused(cli(tmp_path, "data.template=chat"), capsys, "config key 'data.template' is 'chat'", tmp_path)
