@@ -42,7 +42,21 @@ def check_model(key: str, ref: str) -> str:
         raise ConfigError(f"config key '{key}': transformers cannot read {config}: {_first_line(err)}") from None
     if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
         raise ConfigError(f"config key '{key}': {path} has no weights ({' or '.join(WEIGHT_FILES)})")
+    _check_safetensors(key, path)
     return str(path)
+
+
+def _check_safetensors(key: str, path: Path) -> None:
+    """Each safetensors file's header parses (reads the header only, not the tensors)."""
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as err:  # truncated or not a safetensors file
+            raise ConfigError(f"config key '{key}': {weights} is not a readable safetensors file "
+                              f"({_first_line(err)})") from None
 
 
 def load_tokenizer(key: str, path: str):

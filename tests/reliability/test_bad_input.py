@@ -133,11 +133,15 @@ def _break_model(folder: Path, how: str) -> None:
         (folder / "config.json").write_text(json.dumps({**config, "model_type": "no_such_arch"}))
     elif how == "no config.json":
         (folder / "config.json").unlink()
+    elif how == "truncated weights":
+        (weights,) = folder.glob("*.safetensors")
+        weights.write_bytes(weights.read_bytes()[:4])
 
 
 @pytest.mark.parametrize("how,needle", [
     ("no weights", "has no weights"), ("broken config.json", "is not valid JSON"),
     ("unknown model_type", "transformers cannot read"), ("no config.json", "has no config.json"),
+    ("truncated weights", "is not a readable safetensors file"),
 ])
 @pytest.mark.parametrize("key,source", [("model.policy", "policy"), ("model.reward_model", "scorer")])
 def test_broken_model_folder_names_the_key_and_file(ray_session, tiny, tmp_path, capsys, how, needle, key, source):
