@@ -40,7 +40,7 @@ class ModelSection:
     policy: str = "tiny:policy"        # HF path of the policy; "tiny:<name>" = kit model, built on first use
     reference: Optional[str] = None    # reference policy (default: the policy)
     critic: Optional[str] = None       # critic backbone init (default: reward_model if set, else policy)
-    reward_model: Optional[str] = None  # HF sequence-classification model scoring responses (optional)
+    reward_model: Optional[str] = None # HF sequence-classification model scoring responses (optional)
     dtype: str = one_of("auto", "bf16", "fp32")  # trainer dtype: "auto" (bf16 where supported) | "bf16" | "fp32"
 
 
