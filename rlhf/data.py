@@ -6,6 +6,10 @@ are dropped and counted (the count is logged), never silently truncated.
 """
 from __future__ import annotations
 
+import gzip
+import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,13 +53,16 @@ def load_rows(path: str):
         raise DataError(f"dataset not found: {path}" + (f" (resolved to {resolved})" if str(resolved) != path else ""))
     if resolved.is_file() and not resolved.read_bytes().strip():
         raise DataError(f"dataset {path} is empty")
+    if resolved.suffix == ".jsonl":
+        read_jsonl(resolved, path)  # names the first bad line; datasets would not
     try:
-        if resolved.is_dir():
-            return datasets.load_from_disk(str(resolved))
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(resolved.suffix)
-        if kind is None:
-            raise DataError(f"dataset {resolved}: unsupported file type {resolved.suffix!r} (use .jsonl, .json, .parquet, .csv)")
-        return datasets.load_dataset(kind, data_files=str(resolved), split="train")
+        with _quiet_datasets():
+            if resolved.is_dir():
+                return datasets.load_from_disk(str(resolved))
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(resolved.suffix)
+            if kind is None:
+                raise DataError(f"dataset {resolved}: unsupported file type {resolved.suffix!r} (use .jsonl, .json, .parquet, .csv)")
+            return datasets.load_dataset(kind, data_files=str(resolved), split="train")
     except DataError:
         raise
     except Exception as err:
@@ -63,6 +70,43 @@ def load_rows(path: str):
         if "corresponds to no data" in text:  # datasets' words for a file with no rows (`[]`, a bare CSV header)
             raise DataError(f"dataset {path} has no rows") from None
         raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {text}") from None
+
+
+def read_jsonl(resolved: Path, path: str) -> list[dict]:
+    """Rows of a JSONL file, gzipped or not; a bad line is a DataError naming it."""
+    opener = gzip.open if resolved.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(resolved, "rt", encoding="utf-8") as handle:
+            for i, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {i + 1}: not JSON ({err.msg})") from None
+                if not isinstance(rows[-1], dict):
+                    raise DataError(f"{path} line {i + 1}: not a JSON object ({type(rows[-1]).__name__})")
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, not UTF-8
+        raise DataError(f"cannot read dataset {path}: {type(err).__name__}: {err}") from None
+    return rows
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bars or error logs from `datasets` while loading: a bad file is
+    reported once, on one line, by the DataError."""
+    import datasets
+
+    bars_were_on, level = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -> str:
