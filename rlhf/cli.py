@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return train(cfg)
     except ConfigError as err:
-        print(f"rlhf: config error: {err}", file=sys.stderr)
+        print(f"rlhf: config error: {_one_line(err)}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as err:
-        print(f"rlhf: error: {err}", file=sys.stderr)
+        print(f"rlhf: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except RunError as err:  # a dead worker, missing resources, NaN steps: what and where
         print(f"rlhf: run failed: {err}", file=sys.stderr)
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except RewardError as err:
         print(f"rlhf: reward failed: {err}", file=sys.stderr)
         return 1
+
+
+def _one_line(err: Exception) -> str:
+    """Bad input is reported on one line (library messages may span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def train(cfg) -> int:

@@ -28,7 +28,7 @@ from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
 from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress, progress_line, say
-from rlhf.tiny import resolve
+from rlhf.model_paths import check_model, load_tokenizer
 
 
 class PPOTrainer:
@@ -52,13 +52,9 @@ class PPOTrainer:
     # ================================================================ setup
     def setup(self) -> None:
         cfg = self.cfg
-        self.run_dir, resume_from = self._run_dir_and_resume()
-        say(f"run directory: {self.run_dir}")
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        # inputs first: a bad model folder or dataset leaves no run directory behind
         self.paths = self._resolve_models()
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.paths["policy"])
+        self.tokenizer = load_tokenizer("model.policy", self.paths["policy"])
         self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer)
         self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size)
                          if cfg.data.eval_path else None)
@@ -67,6 +63,9 @@ class PPOTrainer:
         self.sampler = PromptSampler(len(self.train_set), cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
         self.kl_ctrl = make_kl_controller(cfg.algorithm.kl.controller, **self._kl_kwargs())
         self.rewards = make_reward_manager(cfg)
+        self.run_dir, resume_from = self._run_dir_and_resume()
+        say(f"run directory: {self.run_dir}")
+        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         from rlhf.roles import PPORoles
 
         self.roles = PPORoles(cfg)
@@ -101,16 +100,14 @@ class PPOTrainer:
         return run_dir, ckpt.latest(run_dir) if run.resume == "auto" else None
 
     def _resolve_models(self) -> dict[str, str]:
+        """Role -> checked local model folder (rlhf.model_paths), keyed errors."""
         m = self.cfg.model
-        policy = resolve(m.policy)
-        paths = {"policy": policy, "reference": resolve(m.reference or m.policy),
-                 "critic": resolve(m.critic or m.reward_model or m.policy),
-                 "reward_model": resolve(m.reward_model) if m.reward_model else None}
-        for role, path in paths.items():
-            if path is not None and not Path(path).exists():
-                key = {"policy": "model.policy", "reference": "model.reference", "critic": "model.critic",
-                       "reward_model": "model.reward_model"}[role]
-                raise FileNotFoundError(f"config key '{key}': model path not found: {path}")
+        refs = {"policy": ("model.policy", m.policy), "reference": ("model.reference", m.reference),
+                "critic": ("model.critic", m.critic), "reward_model": ("model.reward_model", m.reward_model)}
+        paths = {role: check_model(key, ref) for role, (key, ref) in refs.items() if ref}
+        paths.setdefault("reference", paths["policy"])
+        paths.setdefault("critic", paths.get("reward_model", paths["policy"]))
+        paths.setdefault("reward_model", None)
         return paths
 
     # ================================================================ one PPO step

@@ -6,6 +6,10 @@ are dropped and counted (the count is logged), never silently truncated.
 """
 from __future__ import annotations
 
+import gzip
+import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,20 +45,68 @@ def load_rows(path: str):
 
     from rlhf.tiny import resolve
 
-    resolved = Path(resolve(path))
+    try:
+        resolved = Path(resolve(path))
+    except KeyError as err:  # unknown tiny artifact
+        raise DataError(err.args[0]) from None
     if not resolved.exists():
         raise DataError(f"dataset not found: {path}" + (f" (resolved to {resolved})" if str(resolved) != path else ""))
+    if resolved.is_file() and not resolved.read_bytes().strip():
+        raise DataError(f"dataset {path} is empty")
+    if resolved.suffix == ".jsonl":
+        read_jsonl(resolved, path)  # names the first bad line; datasets would not
     try:
-        if resolved.is_dir():
-            return datasets.load_from_disk(str(resolved))
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(resolved.suffix)
-        if kind is None:
-            raise DataError(f"dataset {resolved}: unsupported file type {resolved.suffix!r} (use .jsonl, .json, .parquet, .csv)")
-        return datasets.load_dataset(kind, data_files=str(resolved), split="train")
+        with _quiet_datasets():
+            if resolved.is_dir():
+                return datasets.load_from_disk(str(resolved))
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(resolved.suffix)
+            if kind is None:
+                raise DataError(f"dataset {resolved}: unsupported file type {resolved.suffix!r} (use .jsonl, .json, .parquet, .csv)")
+            return datasets.load_dataset(kind, data_files=str(resolved), split="train")
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+        text = " ".join(str(err).split())[:300]
+        if "corresponds to no data" in text:  # datasets' words for a file with no rows (`[]`, a bare CSV header)
+            raise DataError(f"dataset {path} has no rows") from None
+        raise DataError(f"cannot read dataset {resolved}: {type(err).__name__}: {text}") from None
+
+
+def read_jsonl(resolved: Path, path: str) -> list[dict]:
+    """Rows of a JSONL file, gzipped or not; a bad line is a DataError naming it."""
+    opener = gzip.open if resolved.suffix == ".gz" else open
+    rows = []
+    try:
+        with opener(resolved, "rt", encoding="utf-8") as handle:
+            for i, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {i + 1}: not JSON ({err.msg})") from None
+                if not isinstance(rows[-1], dict):
+                    raise DataError(f"{path} line {i + 1}: not a JSON object ({type(rows[-1]).__name__})")
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # not gzip, truncated, not UTF-8
+        raise DataError(f"cannot read dataset {path}: {type(err).__name__}: {err}") from None
+    return rows
+
+
+@contextmanager
+def _quiet_datasets():
+    """No progress bars or error logs from `datasets` while loading: a bad file is
+    reported once, on one line, by the DataError."""
+    import datasets
+
+    bars_were_on, level = not datasets.are_progress_bars_disabled(), datasets.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -> str:
@@ -72,11 +124,18 @@ def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -
 
 def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> PromptSet:
     """Load, render and tokenize prompts; drop (and count) the ones over budget."""
+    if data_cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"config key 'data.template' is 'chat' but the policy's tokenizer has no chat template; "
+                        f"use data.template=plain")
     table = load_rows(path)
     if limit is not None:
         table = table.select(range(min(limit, len(table))))
     if len(table) == 0:
         raise DataError(f"dataset {path} has no rows")
+    label_key = data_cfg.label_key
+    if label_key is not None and label_key not in table.column_names:
+        raise DataError(f"dataset {path} has no label column {label_key!r} (columns: {table.column_names}); "
+                        f"set data.label_key (null: rows without labels)")
     other = [c for c in table.column_names if c not in (data_cfg.prompt_key, data_cfg.label_key)]
     out = PromptSet([], [], [], {c: [] for c in other}, 0, path)
     for i, row in enumerate(table):
@@ -87,7 +146,9 @@ def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> Pr
             continue
         out.prompt_ids.append(ids)
         out.prompts.append(text)
-        out.labels.append(row.get(data_cfg.label_key))
+        if label_key is not None and row[label_key] is None:
+            raise DataError(f"{path} row {i}: no label in column {label_key!r}")
+        out.labels.append(row[label_key] if label_key is not None else None)
         for c in other:
             out.columns[c].append(row[c])
     if not out.prompt_ids:

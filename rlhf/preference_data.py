@@ -17,15 +17,13 @@ is trained on the inputs it will score.
 """
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rlhf.batch import Batch
-from rlhf.data import DataError, load_rows
+from rlhf.data import DataError, load_rows, read_jsonl
 
 HH_SPLIT = "\n\nAssistant:"
 
@@ -35,20 +33,16 @@ def read_rows(path: str) -> list[dict]:
     """Rows of a JSONL file (gzipped or not) or anything `rlhf.data.load_rows` reads."""
     from rlhf.tiny import resolve
 
-    resolved = Path(resolve(path))
+    try:
+        resolved = Path(resolve(path))
+    except KeyError as err:  # unknown tiny artifact
+        raise DataError(err.args[0]) from None
     if not resolved.exists():
         raise DataError(f"dataset not found: {path} (resolved to {resolved.resolve()})")
     if resolved.name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if resolved.suffix == ".gz" else open
-        rows = []
-        with opener(resolved, "rt", encoding="utf-8") as handle:
-            for i, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path} line {i + 1}: not JSON ({err.msg})") from None
+        rows = read_jsonl(resolved, path)
+        if not rows:
+            raise DataError(f"dataset {path} has no rows")
         return rows
     return [dict(row) for row in load_rows(str(resolved))]
 

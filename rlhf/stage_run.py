@@ -16,7 +16,7 @@ from pathlib import Path
 from rlhf.config import to_yaml
 from rlhf.data import PromptSampler
 from rlhf.metrics import MetricsLogger, print_progress, progress, say
-from rlhf.tiny import resolve
+from rlhf.model_paths import check_model, load_tokenizer
 
 
 class StageRun:
@@ -31,20 +31,15 @@ class StageRun:
 
     # ================================================================ setup
     def setup(self) -> None:
-        from transformers import AutoTokenizer
-
         cfg = self.cfg
+        # inputs first: a bad model folder or dataset leaves no run directory behind
+        self.model_path = check_model("model.path", cfg.model.path)
+        self.tokenizer = load_tokenizer("model.path", self.model_path)
+        self.load_data()
+        self.sampler = PromptSampler(len(self.train_set), self.rows_per_step, cfg.run.seed, cfg.data.shuffle)
         self.run_dir = self._run_dir()
         say(f"run directory: {self.run_dir}")
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.model_path = resolve(cfg.model.path)
-        if not Path(self.model_path).exists():
-            raise FileNotFoundError(f"config key 'model.path': model path not found: {self.model_path}")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if self.tokenizer.pad_token_id is None or self.tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer of {self.model_path} needs a pad and an EOS token")
-        self.load_data()
-        self.sampler = PromptSampler(len(self.train_set), self.rows_per_step, cfg.run.seed, cfg.data.shuffle)
         self._start_group()
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers,
                                     json.loads(json.dumps(dataclasses.asdict(cfg), default=str)))

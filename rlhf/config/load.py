@@ -10,18 +10,17 @@ as a ConfigError that names the key.
 """
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlhf.config.checks import ConfigError, check_fields
 from rlhf.config.schema import RunConfig
 from rlhf.config.stages import STAGE_SCHEMAS, RMConfig, SFTConfig
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot run; the message names the key."""
 
 
 def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), schema: type | None = None):
@@ -42,6 +41,8 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
     expected = getattr(schema, "stage", None)
     if stage is not None and stage != expected:
         raise ConfigError(f"config key 'stage' is {stage!r}; this command runs {expected or 'PPO'!r} recipes")
+    for layer in layers:
+        _check_sections(schema, layer)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), *layers)
         cfg = OmegaConf.to_object(merged)
@@ -53,9 +54,28 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (),
 
 def _read_yaml(path: Path):
     try:
-        return OmegaConf.load(path)
+        layer = OmegaConf.load(path)
     except Exception as err:  # yaml errors carry line/column
-        raise ConfigError(f"cannot parse recipe {path}: {err}") from None
+        raise ConfigError(f"cannot parse recipe {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"recipe {path}: the top level must be a mapping of sections (run:, model:, ...), "
+                          f"not a {type(layer).__name__.removesuffix('Config').lower()}")
+    if not layer:
+        raise ConfigError(f"recipe {path} is empty; start from one in recipes/")
+    return layer
+
+
+def _check_sections(schema: type, layer, prefix: str = "") -> None:
+    """A section given as a scalar or list (`run: 5`) names its key (OmegaConf's merge error does not)."""
+    hints = typing.get_type_hints(schema)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(schema) if dataclasses.is_dataclass(hints[f.name])}
+    for name, section in sections.items():
+        value = layer.get(name) if isinstance(layer, DictConfig) else None
+        if value is None:
+            continue
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"config key '{prefix}{name}' must be a mapping of keys (got {value!r})")
+        _check_sections(section, value, f"{prefix}{name}.")
 
 
 def _parse_overrides(overrides: Sequence[str]):
@@ -81,33 +101,14 @@ def to_yaml(cfg) -> str:
 
 
 # ---------------------------------------------------------------- validation
-_CHOICES = {
-    "run.resume": None,  # free-form: never | auto | path
-    "data.template": ("plain", "chat"),
-    "model.dtype": ("auto", "bf16", "fp32"),
-    "algorithm.kl.controller": ("fixed", "adaptive"),
-    "reward.on_error": ("fail", "score"),
-    "sync.transport": ("auto", "shm", "process_group"),
-    "cluster.placement": ("colocated", "split"),
-}
-
-
 def validate(cfg: RunConfig) -> None:
-    """Semantic checks the schema's types cannot express."""
-    for key, allowed in _CHOICES.items():
-        value = _get(cfg, key)
-        if allowed and value not in allowed:
-            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {list(allowed)}")
+    """Ranges and choices declared on the fields, then what they cannot express."""
+    check_fields(cfg)
     _check_registries(cfg)
     _check_batch_arithmetic(cfg)
     _check_ranges(cfg)
+    _check_rewards(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
-
-
-def _get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
 
 
 def _check_registries(cfg: RunConfig) -> None:
@@ -122,9 +123,11 @@ def _check_registries(cfg: RunConfig) -> None:
     ):
         if value not in registry:
             raise ConfigError(f"config key '{key}' is {value!r}; registered: {sorted(registry.names())}")
-    modes = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-    if algo.loss_agg_mode not in modes:
-        raise ConfigError(f"config key 'algorithm.loss_agg_mode' is {algo.loss_agg_mode!r}; expected one of {list(modes)}")
+    from rlhf.metrics import TRACKERS
+
+    for name in cfg.run.trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"config key 'run.trackers': unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
 
 
 def _check_batch_arithmetic(cfg: RunConfig) -> None:
@@ -145,55 +148,36 @@ def _check_batch_arithmetic(cfg: RunConfig) -> None:
 
 
 def _check_ranges(cfg: RunConfig) -> None:
-    positive = {
-        "run.total_steps": cfg.run.total_steps, "rollout.n": cfg.rollout.n,
-        "rollout.max_new_tokens": cfg.rollout.max_new_tokens, "train.prompts_per_step": cfg.train.prompts_per_step,
-        "train.ppo_epochs": cfg.train.ppo_epochs, "train.micro_batch_size": cfg.train.micro_batch_size,
-        "actor.num_workers": cfg.actor.num_workers, "rollout.num_workers": cfg.rollout.num_workers,
-        "data.max_prompt_tokens": cfg.data.max_prompt_tokens, "sync.bucket_mb": cfg.sync.bucket_mb,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0 (got {value})")
-    for key, stage in (("actor.zero_stage", cfg.actor.zero_stage), ("critic.zero_stage", cfg.critic.zero_stage),
-                       ("reference.zero_stage", cfg.reference.zero_stage)):
-        if stage not in (0, 1, 2, 3):
-            raise ConfigError(f"config key '{key}' must be 0, 1, 2 or 3 (got {stage})")
-    for key, value in (("cluster.torch_threads", cfg.cluster.torch_threads),
-                       ("run.call_timeout_s", cfg.run.call_timeout_s)):
-        if value < 0:
-            raise ConfigError(f"config key '{key}' must be >= 0 (got {value})")
-    if cfg.algorithm.dual_clip is not None and cfg.algorithm.dual_clip <= 1:
-        raise ConfigError(f"config key 'algorithm.dual_clip' must be > 1 (got {cfg.algorithm.dual_clip})")
+    """Ranges that depend on another key."""
+    if cfg.algorithm.overlong_buffer > cfg.rollout.max_new_tokens:
+        raise ConfigError(f"config key 'algorithm.overlong_buffer' ({cfg.algorithm.overlong_buffer}) must be <= "
+                          f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
     if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "rloo", "reinforce++-baseline"):
         raise ConfigError(f"config key 'rollout.n' must be >= 2 for algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} (group baseline)")
+
+
+def _check_rewards(cfg: RunConfig) -> None:
+    functions = cfg.reward.functions
+    if not functions:
+        raise ConfigError("config key 'reward.functions' is empty; give at least one, e.g. "
+                          "[{name: task, fn: tiny_arithmetic}]")
+    names = [f.name for f in functions]
+    for i, f in enumerate(functions):
+        if not f.name.strip() or not f.fn.strip():
+            raise ConfigError(f"config key 'reward.functions[{i}]': name and fn must be non-empty (got {f.name!r}, {f.fn!r})")
+        if f.name in names[:i]:
+            raise ConfigError(f"config key 'reward.functions[{i}].name': {f.name!r} is used twice; names must be unique")
 
 
 # ---------------------------------------------------------------- sft / rm stages
 def validate_stage(cfg: SFTConfig | RMConfig) -> None:
     """Semantic checks of an `rlhf sft` / `rlhf rm` config."""
+    check_fields(cfg)
     unit = "pairs" if isinstance(cfg, RMConfig) else "sequences"
     t, ranks = cfg.train, cfg.trainer.num_workers
-    positive = {"run.total_steps": cfg.run.total_steps, "train.mini_batch_size": t.mini_batch_size,
-                "train.micro_batch_size": t.micro_batch_size, "trainer.num_workers": ranks,
-                "data.max_tokens": cfg.data.max_tokens, "data.eval_size": cfg.data.eval_size}
-    if isinstance(cfg, RMConfig) and cfg.data.max_prompt_tokens is not None:
-        positive["data.max_prompt_tokens"] = cfg.data.max_prompt_tokens
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0 (got {value})")
     if t.mini_batch_size % (ranks * t.micro_batch_size):
         raise ConfigError(f"config key 'train.mini_batch_size' ({t.mini_batch_size} {unit}) must be a multiple of "
                           f"trainer.num_workers x train.micro_batch_size = {ranks} x {t.micro_batch_size}")
-    if cfg.trainer.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"config key 'trainer.zero_stage' must be 0, 1, 2 or 3 (got {cfg.trainer.zero_stage})")
-    choices = {"model.dtype": (cfg.model.dtype, ("auto", "bf16", "fp32")),
-               "cluster.placement": (cfg.cluster.placement, ("colocated", "split"))}
-    if isinstance(cfg, RMConfig):
-        choices["data.format"] = (cfg.data.format, ("auto", "hh", "pairs"))
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}' is {value!r}; expected one of {list(allowed)}")
     check_role_resources(cfg.cluster.role_resources, (cfg.stage,))  # the stage's worker role is its name
 
 

@@ -3,12 +3,16 @@
 Every field is declared here with its default and a one-line help. A recipe YAML is
 merged over these defaults and dotted `key=value` overrides over the recipe
 (see `rlhf.config.load`). Unknown keys and wrong types fail at load with the key's
-name; batch arithmetic is checked by `RunConfig.validate()` before any worker starts.
+name; ranges and choices are declared on the fields (`positive(10)`, `one_of(...)`,
+rlhf.config.checks) and checked with the batch arithmetic by `rlhf.config.validate`
+before any worker starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from rlhf.config.checks import in_range, non_negative, one_of, positive
 
 
 @dataclass
@@ -16,19 +20,19 @@ class RunSection:
     name: str = "run"                  # run name; the run directory is <output_dir>/<name>-<timestamp>
     output_dir: str = "runs"           # parent of run directories
     run_dir: Optional[str] = None      # exact run directory (overrides name/output_dir; used by resume)
-    seed: int = 1                      # seeds data order, sampling and init of new heads
-    total_steps: int = 10              # PPO steps (one rollout batch each)
-    save_every: int = 0                # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 2          # newest complete checkpoints kept on disk
+    seed: int = non_negative(1)        # seeds data order, sampling and init of new heads
+    total_steps: int = positive(10)    # PPO steps (one rollout batch each)
+    save_every: int = non_negative(0)  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = positive(2)  # newest complete checkpoints kept on disk
     resume: str = "never"              # "never" | "auto" (latest checkpoint in run_dir) | path to a checkpoint
-    eval_every: int = 0                # held-out evaluation every N steps (0: only at start and end)
-    log_samples_every: int = 5         # print/log sample generations every N steps (0: never)
+    eval_every: int = non_negative(0)  # held-out evaluation every N steps (0: only at start and end)
+    log_samples_every: int = non_negative(5)  # print/log sample generations every N steps (0: never)
     trackers: list[str] = field(default_factory=list)  # extra trackers: "tensorboard", "wandb", "mlflow"
     plots: bool = True                 # write PNG curves to the run directory at the end
     export_hf: bool = True             # save the final policy in Hugging Face format
-    max_restarts: int = 0              # with resume=auto: times the run restarts its roles after a worker dies or hangs
-    call_timeout_s: float = 1800.0     # a worker call (generate, update, ...) that takes longer is hung; 0: no limit
-    max_bad_steps: int = 3             # NaN/Inf steps skipped before the run stops
+    max_restarts: int = non_negative(0)  # with resume=auto: times the run restarts its roles after a worker dies or hangs
+    call_timeout_s: float = non_negative(1800.0)  # a worker call (generate, update, ...) that takes longer is hung; 0: no limit
+    max_bad_steps: int = non_negative(3)  # NaN/Inf steps skipped before the run stops
 
 
 @dataclass
@@ -37,7 +41,7 @@ class ModelSection:
     reference: Optional[str] = None    # reference policy (default: the policy)
     critic: Optional[str] = None       # critic backbone init (default: reward_model if set, else policy)
     reward_model: Optional[str] = None # HF sequence-classification model scoring responses (optional)
-    dtype: str = "auto"                # trainer dtype: "auto" (bf16 where native, else fp32) | "bf16" | "fp32"
+    dtype: str = one_of("auto", "bf16", "fp32")  # trainer dtype: "auto" (bf16 where native, else fp32) | "bf16" | "fp32"
 
 
 @dataclass
@@ -45,30 +49,30 @@ class DataSection:
     train_path: str = "tiny:arith_train"  # JSONL / Parquet file, saved-dataset folder, or "tiny:<name>"
     eval_path: Optional[str] = "tiny:arith_eval"  # held-out prompts (None: no evaluation)
     prompt_key: str = "prompt"         # column holding the prompt text (or chat messages)
-    label_key: str = "label"           # column holding the ground truth passed to rewards
-    template: str = "plain"            # "plain" (prompt_template) | "chat" (tokenizer chat template)
+    label_key: Optional[str] = "label" # column holding the ground truth passed to rewards (null: none)
+    template: str = one_of("plain", "chat")  # "plain" (prompt_template) | "chat" (tokenizer chat template)
     prompt_template: str = "{prompt}"  # plain template; {prompt} is replaced by the prompt column
-    max_prompt_tokens: int = 32        # longer prompts are dropped and counted, never truncated
-    eval_size: int = 128               # held-out prompts evaluated (first N)
+    max_prompt_tokens: int = positive(32)  # longer prompts are dropped and counted, never truncated
+    eval_size: int = positive(128)     # held-out prompts evaluated (first N)
     shuffle: bool = True               # reshuffle every epoch (seeded)
 
 
 @dataclass
 class RolloutSection:
-    num_workers: int = 1               # vLLM engines; a batch is split across them
-    n: int = 4                         # responses sampled per prompt (the group for GRPO/RLOO)
-    temperature: float = 1.0           # sampling temperature (trainer logprobs use the same)
-    top_p: float = 1.0
-    top_k: int = -1                    # -1: off
-    max_new_tokens: int = 8            # response budget
-    stop_token_ids: list[int] = field(default_factory=list)  # extra stop tokens besides EOS
-    eval_temperature: float = 0.0      # 0: greedy evaluation
+    num_workers: int = positive(1)     # vLLM engines; a batch is split across them
+    n: int = positive(4)               # responses sampled per prompt (the group for GRPO/RLOO)
+    temperature: float = positive(1.0)  # sampling temperature (trainer logprobs use the same)
+    top_p: float = in_range(1.0, 0, 1, low_open=True)
+    top_k: int = in_range(-1, -1, None)   # -1 or 0: off
+    max_new_tokens: int = positive(8)  # response budget
+    stop_token_ids: list[int] = non_negative(list)  # extra stop tokens besides EOS
+    eval_temperature: float = non_negative(0.0)  # 0: greedy evaluation
     dtype: str = "auto"                # engine dtype, weights synced in it: "auto" (bf16 where native, else fp32) | vLLM name
-    memory_fraction: float = 0.3       # GPU: fraction of device memory; CPU: of host memory
-    kv_cache_gib: float = 1.0          # CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
+    memory_fraction: float = in_range(0.3, 0, 1, low_open=True)  # GPU: fraction of device memory; CPU: of host memory
+    kv_cache_gib: float = positive(1.0)  # CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
     enforce_eager: bool = True         # skip graph compilation (CPU: faster start, same speed)
-    num_cpus: float = 0.5              # Ray CPUs per engine
-    num_gpus: float = 0.0              # Ray GPUs per engine (GPU machines)
+    num_cpus: float = positive(0.5)    # Ray CPUs per engine
+    num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
     sleep_between_steps: bool = False  # GPU colocated: free KV cache while training (vLLM sleep mode)
 
 
@@ -76,30 +80,30 @@ class RolloutSection:
 class KLSection:
     estimator: str = "k1"              # k1 | abs | k2 | k3 (rlhf.algorithms.KL_ESTIMATORS)
     in_reward: bool = True             # per-token KL penalty in the reward (PPO style)
-    loss_coef: float = 0.0             # > 0: KL term in the actor loss (GRPO style)
+    loss_coef: float = non_negative(0.0)  # > 0: KL term in the actor loss (GRPO style)
     loss_estimator: str = "k3"         # estimator of the loss term
-    controller: str = "fixed"          # "fixed" | "adaptive" (Ziegler et al. 2019)
-    coef: float = 0.01                 # initial coefficient of the in-reward penalty
-    target: float = 0.1                # adaptive: target KL per sequence
-    horizon: int = 10000               # adaptive: horizon in samples
+    controller: str = one_of("fixed", "adaptive")  # "fixed" | "adaptive" (Ziegler et al. 2019)
+    coef: float = non_negative(0.01)   # initial coefficient of the in-reward penalty
+    target: float = positive(0.1)      # adaptive: target KL per sequence
+    horizon: int = positive(10000)     # adaptive: horizon in samples
 
 
 @dataclass
 class AlgorithmSection:
     adv_estimator: str = "gae"         # gae | grpo | rloo | reinforce++ | reinforce++-baseline
-    gamma: float = 1.0
-    lam: float = 0.95
+    gamma: float = in_range(1.0, 0, 1, low_open=True)
+    lam: float = in_range(0.95, 0, 1)
     norm_adv_by_std: bool = True       # grpo: False = Dr. GRPO (mean-only)
     policy_loss: str = "vanilla"       # rlhf.algorithms.POLICY_LOSSES
-    clip_low: float = 0.2              # PPO ratio clip below 1
-    clip_high: float = 0.2             # above 1 (clip-higher, DAPO: e.g. 0.28)
-    dual_clip: Optional[float] = None  # dual-clip c > 1 for negative advantages (Ye et al. 2020)
-    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
-    value_clip: float = 0.2            # critic value clipping range
-    entropy_coef: float = 0.0          # entropy bonus in the actor loss
-    tis_cap: Optional[float] = None    # truncated IS weights rollout->trainer, capped (None: off)
-    overlong_buffer: int = 0           # DAPO soft overlong penalty window in tokens (0: off)
-    overlong_penalty: float = 1.0      # penalty at the full budget
+    clip_low: float = in_range(0.2, 0, 1, low_open=True, high_open=True)  # PPO ratio clip below 1
+    clip_high: float = positive(0.2)   # above 1 (clip-higher, DAPO: e.g. 0.28)
+    dual_clip: Optional[float] = in_range(None, 1, None, low_open=True)  # c > 1: dual-clip of negative advantages (Ye 2020)
+    loss_agg_mode: str = one_of("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    value_clip: float = positive(0.2)  # critic value clipping range
+    entropy_coef: float = non_negative(0.0)  # entropy bonus in the actor loss
+    tis_cap: Optional[float] = positive(None)  # truncated IS weights rollout->trainer, capped (None: off)
+    overlong_buffer: int = non_negative(0)  # DAPO soft overlong penalty window in tokens (0: off)
+    overlong_penalty: float = non_negative(1.0)  # penalty at the full budget
     kl: KLSection = field(default_factory=KLSection)
 
     @property
@@ -110,33 +114,33 @@ class AlgorithmSection:
 @dataclass
 class TrainerSection:
     """One trainer role (actor or critic) on DeepSpeed."""
-    num_workers: int = 1               # data-parallel ranks (one Ray actor each)
-    zero_stage: int = 2                # DeepSpeed ZeRO stage 0-3
-    lr: float = 1e-5
-    warmup_steps: int = 0              # linear warmup (optimizer steps), then constant
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    num_workers: int = positive(1)     # data-parallel ranks (one Ray actor each)
+    zero_stage: int = one_of(0, 1, 2, 3, default=2)  # DeepSpeed ZeRO stage 0-3
+    lr: float = positive(1e-5)
+    warmup_steps: int = non_negative(0)  # linear warmup (optimizer steps), then constant
+    weight_decay: float = non_negative(0.0)
+    grad_clip: float = non_negative(1.0)
     offload_optimizer: bool = False    # ZeRO optimizer state offload to CPU
     offload_params: bool = False       # ZeRO-3 parameter offload to CPU
     grad_checkpointing: bool = False
-    num_cpus: float = 0.5              # Ray CPUs per rank
-    num_gpus: float = 0.0              # Ray GPUs per rank
+    num_cpus: float = positive(0.5)    # Ray CPUs per rank
+    num_gpus: float = non_negative(0.0)  # Ray GPUs per rank
 
 
 @dataclass
 class ReferenceSection:
-    zero_stage: int = 0                # 0: plain module; 3: ZeRO-3 sharded inference
+    zero_stage: int = one_of(0, 1, 2, 3, default=0)  # 0: plain module; 3: ZeRO-3 sharded inference
     offload_params: bool = False
-    num_cpus: float = 0.25
-    num_gpus: float = 0.0
+    num_cpus: float = positive(0.25)
+    num_gpus: float = non_negative(0.0)
 
 
 @dataclass
 class TrainSection:
-    prompts_per_step: int = 16         # prompts per PPO step; rollout batch = prompts_per_step * rollout.n
-    ppo_epochs: int = 1                # passes over the rollout batch
-    mini_batch_size: int = 64          # sequences per optimizer step (over all ranks)
-    micro_batch_size: int = 16         # sequences per forward/backward on one rank
+    prompts_per_step: int = positive(16)  # prompts per PPO step; rollout batch = prompts_per_step * rollout.n
+    ppo_epochs: int = positive(1)      # passes over the rollout batch
+    mini_batch_size: int = positive(64)  # sequences per optimizer step (over all ranks)
+    micro_batch_size: int = positive(16)  # sequences per forward/backward on one rank
     # On-policy steps (1 epoch, 1 mini-batch, KL not in the reward): take the old
     # log-probs from the update's own forward instead of a separate actor pass (as TRL
     # does with num_iterations=1). The ratio is then exactly 1, as it would be anyway.
@@ -156,29 +160,29 @@ class RewardSection:
     functions: list[RewardFnSection] = field(default_factory=lambda: [RewardFnSection()])
     model_weight: float = 1.0          # weight of model.reward_model's score (when set)
     model_normalize: bool = False      # standardise reward-model scores over the batch
-    num_workers: int = 1               # processes running user reward functions
-    timeout_s: float = 30.0            # per call
-    on_error: str = "fail"             # "fail" | "score" (use error_score, count in reward/errors)
+    num_workers: int = positive(1)     # processes running user reward functions
+    timeout_s: float = positive(30.0)  # per call
+    on_error: str = one_of("fail", "score")  # "fail" | "score" (use error_score, count in reward/errors)
     error_score: float = 0.0
-    num_cpus: float = 0.25             # Ray CPUs of the reward-model worker
+    num_cpus: float = positive(0.25)   # Ray CPUs of the reward-model worker
 
 
 @dataclass
 class SyncSection:
-    transport: str = "auto"            # "auto" (same node: shm / CUDA IPC) | "shm" | "process_group"
-    bucket_mb: int = 256               # flat bucket size
+    transport: str = one_of("auto", "shm", "process_group")  # "auto": same node shm / CUDA IPC, else process_group
+    bucket_mb: int = positive(256)     # flat bucket size
 
 
 @dataclass
 class ClusterSection:
     address: Optional[str] = None      # Ray address to join (default: $RAY_ADDRESS, else start locally)
-    num_cpus: Optional[int] = None     # CPUs of a locally started Ray (default: all)
-    placement: str = "colocated"       # "colocated" (one placement group) | "split" (one per role)
+    num_cpus: Optional[int] = positive(None)  # CPUs of a locally started Ray (default: all)
+    placement: str = one_of("colocated", "split")  # "colocated" (one placement group) | "split" (one per role)
     dashboard: bool = False            # local Ray dashboard (binds 127.0.0.1)
     # CPU threads of each worker's torch. 0: per phase, the roles busy in it split their
     # nodes' cores (a GRPO update alone gets all of them, PPO's concurrent actor and critic
     # updates half each). N > 0: always N (OMP_NUM_THREADS), whatever runs concurrently.
-    torch_threads: int = 0
+    torch_threads: int = non_negative(0)
     # Per role, custom Ray resources each rank also asks for: {rollout: {rlhf_worker: 1}} puts the
     # rollout engines on nodes started with `ray start --resources '{"rlhf_worker": 8}'`.
     # Roles: rollout, actor, critic, reference, reward_model (sft / rm for those stages).

@@ -12,30 +12,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rlhf.config.checks import non_negative, one_of, positive
 from rlhf.config.schema import ClusterSection, RunSection, TrainerSection
 
 
 @dataclass
 class StageModelSection:
     path: str = "tiny:policy_init"     # HF model to fine-tune; "tiny:<name>" = kit model
-    dtype: str = "auto"                # trainer dtype: "auto" (bf16 where supported) | "bf16" | "fp32"
+    dtype: str = one_of("auto", "bf16", "fp32")  # trainer dtype: "auto" (bf16 where supported) | "bf16" | "fp32"
 
 
 @dataclass
 class StageBatchSection:
     """The two batch sizes `workers.trainer_base.DeepSpeedTrainer` reads."""
-    mini_batch_size: int = 32          # sequences per optimizer step (over all ranks)
-    micro_batch_size: int = 16         # sequences per forward/backward on one rank
+    mini_batch_size: int = positive(32)  # sequences per optimizer step (over all ranks)
+    micro_batch_size: int = positive(16)  # sequences per forward/backward on one rank
 
 
 @dataclass
 class SFTDataSection:
     train_path: str = "tiny:arith_sft"  # JSONL(.gz) / Parquet / saved dataset with prompt and response columns
     eval_path: Optional[str] = None    # held-out file (None: the last eval_size rows of train_path are held out)
-    eval_size: int = 256               # held-out rows
+    eval_size: int = positive(256)     # held-out rows
     prompt_key: str = "prompt"
     response_key: str = "response"
-    max_tokens: int = 64               # prompt + response + EOS; longer rows are dropped and counted
+    max_tokens: int = positive(64)     # prompt + response + EOS; longer rows are dropped and counted
     shuffle: bool = True               # reshuffle every epoch (seeded)
 
 
@@ -57,23 +58,23 @@ class SFTConfig:
 
 @dataclass
 class PreferenceDataSection:
-    train_path: str = "../shared/data/hh-rlhf/harmless-base.jsonl.gz"  # JSONL(.gz) / Parquet; relative to the current dir
+    train_path: str = "data/hh-rlhf/harmless-base.jsonl.gz"  # JSONL(.gz) / Parquet; relative to the current dir (shipped: data/)
     eval_path: Optional[str] = None    # held-out file (None: the last eval_size pairs of train_path are held out)
-    eval_size: int = 256               # held-out pairs
-    format: str = "auto"               # "hh" (chosen/rejected full dialogues) | "pairs" (prompt/chosen/rejected) | "auto"
+    eval_size: int = positive(256)     # held-out pairs
+    format: str = one_of("auto", "hh", "pairs")  # "hh" (chosen/rejected full dialogues) | "pairs" (prompt/chosen/rejected) | "auto"
     prompt_key: str = "prompt"         # "pairs" format columns
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
-    max_tokens: int = 384              # prompt + response + EOS; longer pairs are dropped and counted
-    max_prompt_tokens: Optional[int] = None  # keep only the LAST N prompt tokens (explicit left truncation; None: off)
+    max_tokens: int = positive(384)    # prompt + response + EOS; longer pairs are dropped and counted
+    max_prompt_tokens: Optional[int] = positive(None)  # keep only the LAST N prompt tokens (explicit left truncation; None: off)
     shuffle: bool = True
 
 
 @dataclass
 class RMTrainSection:
-    mini_batch_size: int = 16          # PAIRS per optimizer step (over all ranks); 2 sequences each
-    micro_batch_size: int = 8          # pairs per forward/backward on one rank
-    margin: float = 0.0                # Bradley-Terry margin m in -log sigmoid(r_c - r_r - m)
+    mini_batch_size: int = positive(16)  # PAIRS per optimizer step (over all ranks); 2 sequences each
+    micro_batch_size: int = positive(8)  # pairs per forward/backward on one rank
+    margin: float = non_negative(0.0)  # Bradley-Terry margin m in -log sigmoid(r_c - r_r - m)
 
 
 @dataclass

@@ -1,9 +1,12 @@
 """Config schema, recipe loading and validation (no Ray)."""
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from rlhf.config import ConfigError, load_config
+from rlhf.config import ConfigError, RMConfig, RunConfig, SFTConfig, load_config
+from rlhf.config.checks import Choice, check_fields
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
 
@@ -78,3 +81,107 @@ def test_group_estimators_need_groups():
 def test_old_logprobs_from_update_only_when_on_policy(overrides, fused):
     cfg = load_config(RECIPES[0].parent / "grpo_tiny.yaml", overrides)
     assert cfg.old_logprobs_from_update is fused
+
+
+# ---------------------------------------------------------------- ranges and choices on the fields
+def _fields(schema, prefix=""):
+    """(dotted key, type, field) of every leaf field of `schema`, nested sections walked."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key, kind = prefix + f.name, hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from _fields(kind, key + ".")
+        else:
+            yield key, kind, f
+
+
+def _types(kind) -> set:
+    return set(typing.get_args(kind) or (kind,))  # Optional[int] -> {int, NoneType}
+
+
+def _out_of_range(check, kind) -> list:
+    """Values just outside a check: an open bound itself, one past a closed bound, NaN."""
+    if isinstance(check, Choice):
+        return [99 if isinstance(check.values[0], int) else "no-such-choice"]
+    bad = []
+    if check.low is not None:
+        bad.append(check.low if check.low_open else check.low - 1)
+    if check.high is not None:
+        bad.append(check.high if check.high_open else check.high + 1)
+    return bad + (["nan"] if float in _types(kind) else [])
+
+
+SCHEMAS = ((RunConfig, "ppo_tiny.yaml"), (SFTConfig, "sft_tiny.yaml"), (RMConfig, "rm_tiny.yaml"))
+
+
+def _bad_values():
+    for schema, recipe in SCHEMAS:
+        for key, kind, f in _fields(schema):
+            for value in _out_of_range(f.metadata["check"], kind) if "check" in f.metadata else []:
+                value = f"[{value}]" if typing.get_origin(kind) is list else value  # list fields: each item
+                yield pytest.param(RECIPES[0].parent / recipe, key, value, id=f"{schema.__name__}:{key}={value}")
+
+
+@pytest.mark.parametrize("recipe,key,value", list(_bad_values()))
+def test_every_declared_range_and_choice_refuses_values_outside(recipe, key, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, [f"{key}={value}"])
+    message = str(err.value)
+    assert f"config key '{key}' must be " in message and "\n" not in message
+
+
+def test_every_number_of_the_schema_declares_its_range():
+    """A new numeric key must say what it accepts (rlhf.config.checks); these take any value."""
+    any_value = {"reward.model_weight", "reward.error_score"}
+    for schema, _ in SCHEMAS:
+        unchecked = {key for key, kind, f in _fields(schema)
+                     if _types(kind) & {int, float} and "check" not in f.metadata}
+        assert unchecked <= any_value, (schema.__name__, unchecked - any_value)
+
+
+def test_range_messages_say_the_range_and_the_value():
+    recipe = RECIPES[0].parent / "ppo_tiny.yaml"
+    cases = {"rollout.top_p=1.5": "config key 'rollout.top_p' must be in (0, 1] (got 1.5)",
+             "actor.lr=0": "config key 'actor.lr' must be > 0 (got 0.0)",
+             "run.max_restarts=-1": "config key 'run.max_restarts' must be >= 0 (got -1)",
+             "critic.lr=inf": "config key 'critic.lr' must be a finite number > 0 (got inf)",
+             "sync.transport=nccl": "config key 'sync.transport' must be one of ['auto', 'shm', 'process_group']"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_config(recipe, [override])
+        assert expected in str(err.value)
+
+
+def test_defaults_and_shipped_recipes_pass_their_checks():
+    for schema, recipe in SCHEMAS:
+        check_fields(schema())
+        check_fields(load_config(RECIPES[0].parent / recipe))
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", "is empty"),
+    ("# nothing but a comment\n", "is empty"),
+    ("- run\n- model\n", "must be a mapping of sections"),
+    ("run: 5\n", "config key 'run' must be a mapping"),
+    ("algorithm:\n  kl: [1]\n", "config key 'algorithm.kl' must be a mapping"),
+    ("run: {total_steps: 3\n", "cannot parse recipe"),
+])
+def test_recipe_that_is_empty_or_not_a_mapping_is_refused(tmp_path, text, needle):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("reward.functions=[]", "config key 'reward.functions' is empty"),
+    ("reward.functions=[{name: a, fn: exact_match}, {name: a, fn: gsm8k}]", "reward.functions[1].name"),
+    ("reward.functions=[{name: '', fn: exact_match}]", "reward.functions[0]"),
+    ("run.trackers=[tensorbored]", "run.trackers"),
+    ("algorithm.overlong_buffer=9", "algorithm.overlong_buffer"),  # over rollout.max_new_tokens=8
+])
+def test_cross_field_checks_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPES[0].parent / "ppo_tiny.yaml", [override])
+    assert needle in str(err.value)

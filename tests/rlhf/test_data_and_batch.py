@@ -33,13 +33,29 @@ def test_long_prompts_are_dropped_and_counted(tmp_path):
 
 
 @pytest.mark.parametrize("rows,needle", [
-    ([{"question": "1+1="}], "row 0: no prompt key 'prompt'"),
-    ([{"prompt": "1+1="}, {"prompt": "  "}], "row 1: empty"),
+    ([{"question": "1+1=", "label": "2"}], "row 0: no prompt key 'prompt'"),
+    ([{"prompt": "1+1=", "label": "2"}, {"prompt": "  ", "label": "0"}], "row 1: empty"),
+    ([{"prompt": "1+1=", "answer": "2"}], "has no label column 'label'"),
+    ([{"prompt": "1+1=", "label": "2"}, {"prompt": "2+2="}], "row 1: no label in column 'label'"),
 ])
 def test_bad_rows_name_the_row(tmp_path, rows, needle):
     path = write_jsonl(tmp_path / "p.jsonl", rows)
     with pytest.raises(DataError, match=needle):
         load_prompts(path, DataSection(), CharTok())
+
+
+def test_label_key_null_reads_rows_without_labels(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1="}, {"prompt": "2+2="}])
+    data = load_prompts(path, DataSection(label_key=None), CharTok())
+    assert data.labels == [None, None]
+
+
+@pytest.mark.parametrize("text,needle", [("", "is empty"), ("\n \n", "is empty"), ("[]", "has no rows")])
+def test_empty_files_are_refused(tmp_path, text, needle):
+    path = tmp_path / ("p.json" if text == "[]" else "p.jsonl")
+    path.write_text(text)
+    with pytest.raises(DataError, match=needle):
+        load_prompts(str(path), DataSection(), CharTok())
 
 
 def test_missing_and_malformed_files(tmp_path):
