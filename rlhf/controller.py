@@ -267,7 +267,7 @@ class PPOTrainer:
     def _advantages(self, batch: Batch):
         algo = self.cfg.algorithm
         mask = batch.response_mask
-        coef = self.kl_ctrl.value if algo.kl.in_reward else 0.0
+        coef = self.kl_ctrl.value if algo.kl_in_reward else 0.0
         token_rewards, _ = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
                                                  kl_coef=coef, estimator=algo.kl.estimator)
         inputs = AdvantageInputs(token_rewards=token_rewards, scores=batch.scores, response_mask=mask,
@@ -281,7 +281,8 @@ class PPOTrainer:
     def _kl_metrics(self, batch: Batch) -> dict:
         """KL(policy || reference) of the sampled tokens under the step's old log-probs
         (NaN when a skipped step never computed them)."""
-        metrics = {"kl/coef": float(self.kl_ctrl.value)}
+        # the coefficient that reached the reward: 0 when the KL is not in it (kl.loss_coef is the loss's)
+        metrics = {"kl/coef": float(self.kl_ctrl.value) if self.cfg.algorithm.kl_in_reward else 0.0}
         if batch.old_logprobs is None:
             return {**metrics, "kl/mean": math.nan, "kl/token_mean": math.nan}
         mask = batch.response_mask

@@ -7,8 +7,10 @@ transformers. See docs/algorithms.md for the formulas and their papers.
 from rlhf.algorithms.advantages import (
     ADV_ESTIMATORS,
     AdvantageInputs,
+    EstimatorNeeds,
     compute_advantages,
     discounted_returns,
+    estimator_needs,
 )
 from rlhf.algorithms.kl import (
     KL_CONTROLLERS,
@@ -48,12 +50,14 @@ __all__ = [
     "POLICY_LOSSES",
     "AdaptiveKLController",
     "AdvantageInputs",
+    "EstimatorNeeds",
     "FixedKLController",
     "Registry",
     "aggregate_loss",
     "bradley_terry_loss",
     "compute_advantages",
     "discounted_returns",
+    "estimator_needs",
     "entropy_from_logits",
     "entropy_loss",
     "explained_variance",
