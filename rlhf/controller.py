@@ -28,6 +28,7 @@ from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
 from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress_line, say
+from rlhf.seeds import derive_seed
 from rlhf.tiny import resolve
 
 
@@ -123,7 +124,7 @@ class PPOTrainer:
         with t("generate"):
             self.roles.share_cores(self.rollout)
             batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
-                                                  seed=cfg.run.seed * 1_000_003 + self.step_index)
+                                                  seed_key=("train", self.step_index))
         # step 2. score them: reward functions (process pool) and the reward model
         with t("reward"):
             self.roles.share_cores(self.reward_model)
@@ -198,8 +199,10 @@ class PPOTrainer:
         say(f"step {self.step_index + 1}: {why} (bad step {self.bad_steps} of at most {limit})")
 
     # ---------------------------------------------------------------- phases
-    def _generate(self, rows: PromptSet, n: int, temperature: float, seed: int):
-        """Spread prompts over the rollout engines; assemble the padded Batch."""
+    def _generate(self, rows: PromptSet, n: int, temperature: float, seed_key: tuple):
+        """Spread prompts over the rollout engines; assemble the padded Batch. Engine e
+        samples with base seed derive_seed(run.seed, *seed_key, e); each of its requests
+        then hashes in its prompt and sample index (RolloutWorker.generate)."""
         from workers.group import RankRefs
 
         cfg = self.cfg.rollout
@@ -207,7 +210,8 @@ class PPOTrainer:
         parts = [list(range(len(rows)))[i::engines] for i in range(engines)]  # round-robin: equal load
         refs = [actor.generate.remote([rows.prompt_ids[i] for i in part], n=n, temperature=temperature,
                                       top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                      stop_token_ids=cfg.stop_token_ids, seed=seed + 7919 * e)
+                                      stop_token_ids=cfg.stop_token_ids,
+                                      seed=derive_seed(self.cfg.run.seed, *seed_key, e))
                 for e, (actor, part) in enumerate(zip(self.rollout.actors, parts))]
         outs = self.rollout.gather(RankRefs(refs, "generate"))
         order, responses, logprobs, finish, versions = [], [], [], [], []
@@ -315,7 +319,8 @@ class PPOTrainer:
         if self.eval_set is None:
             return {}
         cfg = self.cfg
-        batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed=cfg.run.seed)
+        # the same seeds at every evaluation: sampled evaluations differ only by the policy
+        batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed_key=("eval",))
         result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
         scores = torch.tensor(result.scores)
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
