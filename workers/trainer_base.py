@@ -26,6 +26,7 @@ from torch import Tensor
 from rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from rlhf.batch import Batch
 from rlhf.config.schema import TrainerSection, TrainSection
+from rlhf.seeds import derive_seed
 from workers import device as dev
 
 DIST_TIMEOUT_S = float(os.environ.get("RLHF_DIST_TIMEOUT_S", 1800))
@@ -389,8 +390,12 @@ class DeepSpeedTrainer(RankWorker):
         stats = _Stats()
         skipped_before = self.engine.skipped_steps
         self.engine.train()
-        for _ in range(epochs):
-            for mini in batch.chunks(batch.size // mini_per_rank):
+        for epoch in range(epochs):
+            # epoch 0 in rollout order (update_on_policy returns log-probs in that order);
+            # later epochs reshuffled, so each sees other mini-batches (seeded, resumable:
+            # keyed on the optimizer step count, which checkpoints restore)
+            rows = batch if epoch == 0 else batch.index(self.epoch_permutation(batch.size, epoch))
+            for mini in rows.chunks(batch.size // mini_per_rank):
                 mask = mini.response_mask
                 counts = self.all_reduce_sum(torch.stack([mask.sum(), (mask.sum(-1) > 0).sum().to(mask.dtype)]).float())
                 n_tokens, n_seqs = counts[0].clamp_min(1), counts[1].clamp_min(1)
@@ -413,6 +418,12 @@ class DeepSpeedTrainer(RankWorker):
         # decision is all-reduced, or taken on already all-reduced gradients at ZeRO-0)
         metrics[f"{self.role}/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
         return metrics
+
+    def epoch_permutation(self, rows: int, epoch: int) -> Tensor:
+        """The row order of `epoch` (> 0) of the update starting now: a function of the
+        seed, role, rank, optimizer steps taken so far and the epoch only."""
+        key = derive_seed(self.seed, self.role, self.rank, self.engine.global_steps, epoch)
+        return torch.randperm(rows, generator=torch.Generator().manual_seed(key))
 
     def _reduced_grad_norm(self) -> float:
         """Pre-clip global grad norm for ZeRO-0 fp32, where DeepSpeed does not record it
