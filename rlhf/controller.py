@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from datetime import datetime
 from pathlib import Path
@@ -372,7 +371,7 @@ class PPOTrainer:
             self.critic.gather(critic_refs)
         state = {"step": self.step_index, "weight_version": self.weight_version, "bad_steps": self.bad_steps,
                  "kl_controller": self.kl_ctrl.state_dict(), "sampler": self.sampler.state_dict(),
-                 "python_rng": repr(random.getstate()), "torch_rng": torch.get_rng_state().tolist()}
+                 **ckpt.rng_state()}
         final = ckpt.commit(staging, state, self.cfg.run.keep_checkpoints)
         say(f"checkpoint: {final}")
         return final
@@ -385,7 +384,7 @@ class PPOTrainer:
         self.actor.gather(refs)
         self.kl_ctrl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        ckpt.restore_rng(state)
         self.weight_version = state["weight_version"] - 1
         self.bad_steps = state.get("bad_steps", 0)
         self._sync_weights()  # the rollout engines start from the checkpoint's policy

@@ -67,7 +67,7 @@ def test_grpo_with_verl_and_openrlhf_reward_files(ray_session, tiny, tmp_path):
                   "rollout.num_workers=2", "rollout.num_cpus=0.25", "train.mini_batch_size=64", *rewards)
     step = [r for r in read_metrics(run_dir) if r["step"] == 1][0]
     assert step["rollout/logprob_diff_mean"] < 0.05  # the update's log-probs vs vLLM's
-    assert step["actor/approx_kl"] == 0.0 and step["actor/pg_clipfrac"] == 0.0
+    assert step["actor/grad_norm"] > 0  # the fused update had a signal (and really ran)
     assert abs(step["kl/mean"]) < 0.05  # KL(policy || reference) at step 1: the same weights
     assert step["reward/verl"] is not None and step["reward/openrlhf"] is not None
     assert step.get("critic/vf_loss") is None  # GRPO: no critic
@@ -84,8 +84,10 @@ def test_broken_config_fails_before_workers_start(tmp_path):
 
 def test_resume_continues_the_uninterrupted_run(ray_session, tiny, tmp_path):
     """Stop after the step-2 checkpoint, resume to step 4: steps 3-4 equal the
-    uninterrupted run's (same data order, same sampling seeds, same weights)."""
-    common = ["run.save_every=2", "run.export_hf=false", "run.plots=false", "data.eval_path=null"]
+    uninterrupted run's (same data order, same sampling seeds, same weights, and the
+    same mini-batch reshuffle in the second PPO epoch)."""
+    common = ["run.save_every=2", "run.export_hf=false", "run.plots=false", "data.eval_path=null",
+              "train.mini_batch_size=16", "train.micro_batch_size=16", "train.ppo_epochs=2"]
     full = run(tmp_path / "a", "ppo_tiny.yaml", "run.total_steps=4", *common)
     part_dir = tmp_path / "b" / "run"
     run(tmp_path / "b", "ppo_tiny.yaml", "run.total_steps=2", f"run.run_dir={part_dir}", *common)

@@ -62,6 +62,31 @@ def test_sampler_resumes_exactly():
     assert sorted(seen[0] + seen[1] + seen[2]) == sorted(set(seen[0] + seen[1] + seen[2]))
 
 
+@pytest.mark.parametrize("other, needle", [(PromptSampler(11, 3, seed=5), "usable prompts"),
+                                           (PromptSampler(10, 3, seed=6), "run.seed = 5, this run has 6")])
+def test_sampler_refuses_a_checkpoint_of_another_order(other, needle):
+    a = PromptSampler(10, 3, seed=5)
+    a.next_indices()
+    with pytest.raises(DataError, match=needle):
+        other.load_state_dict(a.state_dict())
+
+
+def test_controller_rng_state_round_trips_through_json(tmp_path):
+    import json
+    import random
+
+    random.seed(3), torch.manual_seed(3)
+    random.random(), torch.rand(2)
+    state = json.loads(json.dumps(ckpt.rng_state()))  # as state.json stores it
+    expected = (random.random(), random.gauss(0, 1), torch.rand(3))
+    random.seed(99), torch.manual_seed(99)
+    ckpt.restore_rng(state)
+    got = (random.random(), random.gauss(0, 1), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+    # checkpoints written before this change stored the Python state as its repr
+    ckpt.restore_rng({**state, "python_rng": repr(random.getstate())})
+
+
 def test_build_batch_layout():
     batch = build_batch([[5, 6], [7]], [[1, 2, 9], [3]], [[-.1, -.2, -.3], [-.4]],
                         torch.tensor([0, 1]), torch.tensor([3, 3]), response_len=4, pad_id=0)

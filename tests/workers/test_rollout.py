@@ -71,14 +71,18 @@ def test_score_sequences_match_transformers(rollout_worker, prompt_ids, hf_polic
     assert d.mean() < 0.02 and d.max() < 0.25, (d.mean(), d.max())  # bf16 engine vs fp32 reference
 
 
-def test_state_verbs(rollout_worker):
+def test_state_verbs(rollout_worker, prompt_ids):
     assert ray.get(rollout_worker.ready.remote()) is True
     assert isinstance(ray.get(rollout_worker.weight_version.remote()), int)
     from workers.device import detect
 
-    if not detect().is_gpu:
+    if not detect().is_gpu:  # sleep mode is GPU-only: on CPU the engine must keep serving as before
+        kw = dict(n=2, temperature=1.0, max_new_tokens=4, seed=5)
+        before = ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw))
         assert ray.get(rollout_worker.sleep.remote()) is False
+        assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
         assert ray.get(rollout_worker.wake_up.remote()) is False
+        assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
 
 
 def test_greedy_tokens_agree_with_transformers(rollout_worker, prompt_ids, hf_policy, tokenizer):
