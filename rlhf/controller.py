@@ -168,18 +168,18 @@ class PPOTrainer:
 
     def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
         """Returns the metrics and the batch, with the old log-probs when the update scored them."""
-        t, temperature = self.timer, self.cfg.rollout.temperature
+        t, sampling = self.timer, self._sampling()
         # step 5+6. critic and actor updates, concurrently (different workers)
         self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             if batch.old_logprobs is None:  # on-policy: the update's forward scores them
-                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, temperature=temperature))
+                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, **sampling))
                 actor_metrics = results[0][0]
                 batch = batch.replace(old_logprobs=cat_rows([old for _, old in results]))
             else:
-                actor_metrics = self.actor.gather(self.actor.call_split("update", batch, temperature=temperature))[0]
+                actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
         self._rollout_memory("wake_up")
@@ -237,7 +237,7 @@ class PPOTrainer:
         rm_ref = self.reward_model.call_split("score", batch) if self.reward_model else None
         expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
         result = self.rewards.score(expand(rows.prompts), texts, expand(rows.labels),
-                                    {k: expand(v) for k, v in rows.columns.items()})
+                                    reward_columns(rows, batch, n))
         scores = torch.tensor(result.scores, dtype=torch.float32)
         metrics = {f"reward/{k}": sum(v) / len(v) for k, v in result.components.items()}
         metrics.update({f"reward/{k}": _nanmean(v) for k, v in result.extra.items()})
@@ -254,13 +254,20 @@ class PPOTrainer:
         metrics["rollout/truncated_frac"] = sum(f == "length" for f in finish) / len(finish)
         return scores, metrics
 
+    def _sampling(self) -> dict:
+        """How the rollout sampled: the actor's log-probs use the same distribution. The
+        reference's stay those of the full softmax at the temperature (the KL is then that
+        of the sampling policy to the untruncated reference)."""
+        r = self.cfg.rollout
+        return {"temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p}
+
     def _logprobs_and_values(self, batch: Batch) -> Batch:
         """Old (unless the update scores them: RunConfig.old_logprobs_from_update) and
         reference log-probs, and values."""
         temp = self.cfg.rollout.temperature
         old_ref = None
         if not self.cfg.old_logprobs_from_update:
-            old_ref = self.actor.call_split("compute_logprobs", batch, temperature=temp)
+            old_ref = self.actor.call_split("compute_logprobs", batch, **self._sampling())
         ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
         val_ref = self.critic.call_split("compute_values", batch) if self.critic else None
         return batch.replace(old_logprobs=self.actor.gather_cat(old_ref) if old_ref is not None else None,
@@ -320,7 +327,8 @@ class PPOTrainer:
         cfg = self.cfg
         # the same seeds at every evaluation: sampled evaluations differ only by the policy
         batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed_key=("eval",))
-        result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
+        result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels,
+                                    reward_columns(self.eval_set, batch, 1))
         scores = torch.tensor(result.scores)
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
                "eval/response_length": float(batch.response_mask.sum(-1).mean())}
@@ -430,6 +438,15 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: 
         resp_mask[i, : len(r)] = 1
     return Batch(input_ids=ids, attention_mask=attn, response_mask=resp_mask, group_ids=group_ids,
                  rollout_logprobs=rollout_lp, weight_version=versions)
+
+
+def reward_columns(rows: PromptSet, batch: Batch, n: int) -> dict[str, list]:
+    """The dataset's extra columns, one entry per response (n per prompt), plus
+    `response_length`: each response's length in tokens (length rewards such as the
+    built-in overlong_penalty count tokens, not characters)."""
+    columns = {k: [x for x in v for _ in range(n)] for k, v in rows.columns.items()}
+    columns["response_length"] = batch.response_mask.sum(-1).long().tolist()
+    return columns
 
 
 def make_reward_manager(cfg: RunConfig):

@@ -166,9 +166,11 @@ def _model_inputs(batch: Batch, device: torch.device) -> dict:
                 position_ids=batch.position_ids().to(device), use_cache=False)
 
 
-def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device,
-                      entropy: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Log-probs (and entropies) of the response tokens under `model` at `temperature`.
+def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device, top_k: int = -1,
+                      top_p: float = 1.0, entropy: bool = False,
+                      entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of the response tokens under `model` at `temperature`,
+    renormalised over the tokens top_k / top_p keep (as the rollout engine sampled).
 
     Response token j sits at column P+j and is predicted by the logits at column
     P+j-1 (rlhf/batch.py); only the last R+1 columns go through the LM head.
@@ -176,11 +178,11 @@ def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.
     """
     R = batch.response_len
     logits = model(**_model_inputs(batch, device), logits_to_keep=R + 1).logits[:, :-1]
-    logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature)
+    logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature, top_k, top_p)
     ent = None
     if entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = entropy_from_logits(logits, temperature)
+            ent = entropy_from_logits(logits, temperature, top_k, top_p)
     return logprobs, ent
 
 

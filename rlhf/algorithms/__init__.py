@@ -20,7 +20,7 @@ from rlhf.algorithms.kl import (
     kl_penalty,
     make_kl_controller,
 )
-from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, sampling_mask
 from rlhf.algorithms.losses import (
     AGG_MODES,
     POLICY_LOSSES,
@@ -73,6 +73,7 @@ __all__ = [
     "overlong_penalty",
     "place_scores_on_last_token",
     "ppo_clip_loss",
+    "sampling_mask",
     "token_rewards_with_kl",
     "truncated_is_weights",
     "value_loss",

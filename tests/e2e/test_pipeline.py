@@ -46,6 +46,10 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
     assert steps[-1]["rollout/weight_version"] == 1.0
     assert 0.5 < steps[-1]["perf/peak_pipeline_rss_gb"] < 16  # reported, well inside 24 GiB
     assert (run_dir / "config.yaml").exists() and (run_dir / "curves.png").exists()
+    from rlhf.plots import PANELS
+
+    for key in (key for _, keys in PANELS for key in keys):  # every plotted curve is one the run writes
+        assert any(r.get(key) is not None for r in records), key
     assert (run_dir / "checkpoints" / "step-000002" / "COMPLETE").exists()
     final = run_dir / "final_policy"
     from transformers import AutoModelForCausalLM

@@ -6,7 +6,7 @@ import torch
 
 from rlhf import checkpoint as ckpt
 from rlhf.config.schema import DataSection
-from rlhf.controller import build_batch
+from rlhf.controller import build_batch, reward_columns
 from rlhf.data import DataError, PromptSampler, load_prompts
 
 
@@ -107,3 +107,12 @@ def test_checkpoint_commit_is_atomic_and_latest_skips_incomplete(tmp_path):
     ckpt.commit(ckpt.staging_dir(tmp_path, 3), {"step": 3}, keep=1)
     assert ckpt.latest(tmp_path).name == "step-000003"
     assert not first.exists()
+
+
+def test_reward_columns_repeat_per_sample_and_count_response_tokens():
+    from rlhf.data import PromptSet
+
+    rows = PromptSet([[5], [6]], ["a", "b"], ["1", "2"], {"source": ["x", "y"]}, 0, "test")
+    batch = build_batch([[5], [5], [6], [6]], [[1, 2, 3], [4], [7, 8], []], [[0.0] * 3, [0.0], [0.0] * 2, []],
+                        torch.tensor([0, 0, 1, 1]), torch.tensor([0] * 4), response_len=4, pad_id=0)
+    assert reward_columns(rows, batch, 2) == {"source": ["x", "x", "y", "y"], "response_length": [3, 1, 2, 0]}
