@@ -131,7 +131,7 @@ class PPOTrainer:
             batch = batch.replace(scores=scores)
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
-            self.roles.share_cores(None if cfg.old_logprobs_from_update else self.actor, self.reference, self.critic)
+            self.roles.share_cores(None if self._update_scores_old() else self.actor, self.reference, self.critic)
             batch = self._logprobs_and_values(batch)
         # step 4. KL penalty and advantages (pure functions of the batch)
         with t("advantages"):
@@ -153,6 +153,7 @@ class PPOTrainer:
         # step 8. metrics
         metrics.update(reward_metrics, **adv_metrics, **kl_metrics)
         metrics["train/skipped"] = float(bool(nonfinite))
+        metrics["train/critic_warmup"] = float(self._critic_warmup())
         metrics["train/bad_steps"] = float(self.bad_steps)
         metrics.update(self._rollout_metrics(batch))
         metrics["timing/step"] = time.perf_counter() - step_start
@@ -167,8 +168,15 @@ class PPOTrainer:
         return metrics
 
     def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
-        """Returns the metrics and the batch, with the old log-probs when the update scored them."""
+        """Returns the metrics and the batch, with the old log-probs when the update scored them.
+        During the critic warm-up (train.critic_warmup_steps) only the critic learns: the
+        policy, and so the rollout's weights, stay as they are."""
         t, sampling = self.timer, self._sampling()
+        if self._critic_warmup():
+            with t("update"):
+                self.roles.share_cores(self.critic)
+                critic_metrics = self.critic.gather(self.critic.call_split("update", batch))[0]
+            return critic_metrics, batch
         # step 5+6. critic and actor updates, concurrently (different workers)
         self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
@@ -186,6 +194,14 @@ class PPOTrainer:
         with t("sync"):
             sync_metrics = self._sync_weights()
         return {**actor_metrics, **critic_metrics, **sync_metrics}, batch
+
+    def _critic_warmup(self) -> bool:
+        return self.step_index < self.cfg.train.critic_warmup_steps
+
+    def _update_scores_old(self) -> bool:
+        """The actor update will score the old log-probs itself (RunConfig.old_logprobs_from_update),
+        which it cannot while it is not updated (critic warm-up)."""
+        return self.cfg.old_logprobs_from_update and not self._critic_warmup()
 
     def _bad_step(self, why: str) -> None:
         """Count a NaN/Inf step; stop the run once more than run.max_bad_steps were seen."""
@@ -262,11 +278,11 @@ class PPOTrainer:
         return {"temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p}
 
     def _logprobs_and_values(self, batch: Batch) -> Batch:
-        """Old (unless the update scores them: RunConfig.old_logprobs_from_update) and
-        reference log-probs, and values."""
+        """Old (unless the update scores them: `_update_scores_old`) and reference
+        log-probs, and values."""
         temp = self.cfg.rollout.temperature
         old_ref = None
-        if not self.cfg.old_logprobs_from_update:
+        if not self._update_scores_old():
             old_ref = self.actor.call_split("compute_logprobs", batch, **self._sampling())
         ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
         val_ref = self.critic.call_split("compute_values", batch) if self.critic else None

@@ -8,9 +8,10 @@ receive side of the weight sync (`init_weight_receiver`, `receive_bucket`,
 Log-probs: vLLM 0.32 returns, by default (`logprobs_mode="raw_logprobs"`),
 log_softmax of the RAW logits, i.e. before temperature, top-k and top-p. We start the
 engine with `logprobs_mode="processed_logprobs"`: the value is then the log-prob of the
-sampled token under the distribution it was sampled from, log_softmax(logits / T)
-(with top-k/top-p, renormalised over the kept tokens), which is what the trainer
-recomputes with `rlhf.algorithms.logprobs_from_logits(logits, labels, T)`.
+sampled token under the distribution it was sampled from: logits / T, tokens outside
+top-k and then top-p set to -inf, log_softmax (so renormalised over the kept tokens).
+The trainer recomputes exactly that with
+`rlhf.algorithms.logprobs_from_logits(logits, labels, T, top_k, top_p)`.
 Greedy (T == 0) skips temperature: the log-probs are then those of the argmax under
 T = 1. Prompt log-probs (`score_sequences`) skip all sampling processors, so they are
 at T = 1 in every mode.

@@ -62,6 +62,20 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
     assert all(_pid_alive(pid) for pid in senders)
 
 
+def test_critic_warmup_trains_only_the_critic(ray_session, tiny, tmp_path):
+    """train.critic_warmup_steps=1: step 1 updates the critic only (no actor update, no
+    weight sync), step 2 is a full PPO step."""
+    run_dir = run(tmp_path, "ppo_tiny.yaml", "run.total_steps=2", "train.critic_warmup_steps=1",
+                  "run.export_hf=false", "run.plots=false", "data.eval_path=null")
+    first, second = [r for r in read_metrics(run_dir) if r["step"] > 0]
+    assert first["train/critic_warmup"] == 1.0 and second["train/critic_warmup"] == 0.0
+    assert first["critic/vf_loss"] is not None and first.get("actor/pg_loss") is None
+    assert first.get("sync/seconds") is None  # nothing to sync: the policy did not change
+    # step 2 sampled from the initial weights, which the trainer still held: no drift
+    assert second["rollout/weight_version"] == 0.0 and second["rollout/logprob_diff_mean"] < 0.05
+    assert second["actor/pg_loss"] is not None and second["sync/seconds"] is not None
+
+
 def test_grpo_with_verl_and_openrlhf_reward_files(ray_session, tiny, tmp_path):
     rewards = [f"reward.functions=[{{name: verl, fn: '{FIXTURES / 'verl_reward.py'}:compute_score'}},"
                f"{{name: openrlhf, fn: '{FIXTURES / 'openrlhf_reward.py'}:reward_func', weight: 0.5}}]"]
