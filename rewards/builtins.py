@@ -207,8 +207,9 @@ def overlong_penalty(response: str, label=None, *, max_length: int, cache_length
     """Soft overlong punishment of DAPO (Yu et al. 2025, arXiv:2503.14476, Eq. 13).
 
     0 up to max_length - cache_length, then falls linearly to -1 at max_length, and
-    is -1 beyond. Length is `response_length` (tokens, from the dataset columns) when
-    given, else len(response) in characters. Registered also as "length_penalty".
+    is -1 beyond. Length is `response_length` when given (in tokens: `rlhf train` passes
+    every response's token count under that name), else len(response) in characters
+    (standalone use). Registered also as "length_penalty".
 
     >>> [overlong_penalty("x" * n, max_length=10, cache_length=4) for n in (3, 6, 8, 10, 12)]
     [0.0, 0.0, -0.5, -1.0, -1.0]

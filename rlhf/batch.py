@@ -77,14 +77,6 @@ class Batch:
     def replace(self, **changes) -> "Batch":
         return dataclasses.replace(self, **changes)
 
-    @staticmethod
-    def concat(parts: list["Batch"]) -> "Batch":
-        first = parts[0]
-        out = {}
-        for name, value in first._fields():
-            out[name] = None if value is None else torch.cat([getattr(p, name) for p in parts])
-        return Batch(**out)
-
 
 def cat_rows(parts: list[Tensor]) -> Tensor:
     """Concatenate per-rank results along the batch dimension."""

@@ -7,10 +7,14 @@ worker states are written by the workers into sub-folders.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
+import random
 import shutil
 from pathlib import Path
+
+import torch
 
 MARKER = "COMPLETE"
 
@@ -51,6 +55,20 @@ def read_state(ckpt: Path) -> dict:
     if not (ckpt / MARKER).exists():
         raise FileNotFoundError(f"checkpoint {ckpt} is incomplete (no {MARKER} marker)")
     return json.loads((ckpt / "state.json").read_text())
+
+
+def rng_state() -> dict:
+    """The controller process's Python and torch RNG states, JSON-serialisable."""
+    version, internal, gauss_next = random.getstate()
+    return {"python_rng": [version, list(internal), gauss_next], "torch_rng": torch.get_rng_state().tolist()}
+
+
+def restore_rng(state: dict) -> None:
+    """Put back what `rng_state` saved (older checkpoints stored the Python state as its repr)."""
+    py = state["python_rng"]
+    py = ast.literal_eval(py) if isinstance(py, str) else py
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +28,7 @@ from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
 from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
+from rlhf.seeds import derive_seed
 
 
 class PPOTrainer:
@@ -120,7 +120,7 @@ class PPOTrainer:
         with t("generate"):
             self.roles.share_cores(self.rollout)
             batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
-                                                  seed=cfg.run.seed * 1_000_003 + self.step_index)
+                                                  seed_key=("train", self.step_index))
         # step 2. score them: reward functions (process pool) and the reward model
         with t("reward"):
             self.roles.share_cores(self.reward_model)
@@ -128,7 +128,7 @@ class PPOTrainer:
             batch = batch.replace(scores=scores)
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
-            self.roles.share_cores(None if cfg.old_logprobs_from_update else self.actor, self.reference, self.critic)
+            self.roles.share_cores(None if self._update_scores_old() else self.actor, self.reference, self.critic)
             batch = self._logprobs_and_values(batch)
         # step 4. KL penalty and advantages (pure functions of the batch)
         with t("advantages"):
@@ -150,6 +150,7 @@ class PPOTrainer:
         # step 8. metrics
         metrics.update(reward_metrics, **adv_metrics, **kl_metrics)
         metrics["train/skipped"] = float(bool(nonfinite))
+        metrics["train/critic_warmup"] = float(self._critic_warmup())
         metrics["train/bad_steps"] = float(self.bad_steps)
         metrics.update(self._rollout_metrics(batch))
         metrics["timing/step"] = time.perf_counter() - step_start
@@ -164,25 +165,40 @@ class PPOTrainer:
         return metrics
 
     def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
-        """Returns the metrics and the batch, with the old log-probs when the update scored them."""
-        t, temperature = self.timer, self.cfg.rollout.temperature
+        """Returns the metrics and the batch, with the old log-probs when the update scored them.
+        During the critic warm-up (train.critic_warmup_steps) only the critic learns: the
+        policy, and so the rollout's weights, stay as they are."""
+        t, sampling = self.timer, self._sampling()
+        if self._critic_warmup():
+            with t("update"):
+                self.roles.share_cores(self.critic)
+                critic_metrics = self.critic.gather(self.critic.call_split("update", batch))[0]
+            return critic_metrics, batch
         # step 5+6. critic and actor updates, concurrently (different workers)
         self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
         with t("update"):
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             if batch.old_logprobs is None:  # on-policy: the update's forward scores them
-                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, temperature=temperature))
+                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, **sampling))
                 actor_metrics = results[0][0]
                 batch = batch.replace(old_logprobs=cat_rows([old for _, old in results]))
             else:
-                actor_metrics = self.actor.gather(self.actor.call_split("update", batch, temperature=temperature))[0]
+                actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
         self._rollout_memory("wake_up")
         with t("sync"):
             sync_metrics = self._sync_weights()
         return {**actor_metrics, **critic_metrics, **sync_metrics}, batch
+
+    def _critic_warmup(self) -> bool:
+        return self.step_index < self.cfg.train.critic_warmup_steps
+
+    def _update_scores_old(self) -> bool:
+        """The actor update will score the old log-probs itself (RunConfig.old_logprobs_from_update),
+        which it cannot while it is not updated (critic warm-up)."""
+        return self.cfg.old_logprobs_from_update and not self._critic_warmup()
 
     def _bad_step(self, why: str) -> None:
         """Count a NaN/Inf step; stop the run once more than run.max_bad_steps were seen."""
@@ -195,8 +211,10 @@ class PPOTrainer:
         say(f"step {self.step_index + 1}: {why} (bad step {self.bad_steps} of at most {limit})")
 
     # ---------------------------------------------------------------- phases
-    def _generate(self, rows: PromptSet, n: int, temperature: float, seed: int):
-        """Spread prompts over the rollout engines; assemble the padded Batch."""
+    def _generate(self, rows: PromptSet, n: int, temperature: float, seed_key: tuple):
+        """Spread prompts over the rollout engines; assemble the padded Batch. Engine e
+        samples with base seed derive_seed(run.seed, *seed_key, e); each of its requests
+        then hashes in its prompt and sample index (RolloutWorker.generate)."""
         from workers.group import RankRefs
 
         cfg = self.cfg.rollout
@@ -204,7 +222,8 @@ class PPOTrainer:
         parts = [list(range(len(rows)))[i::engines] for i in range(engines)]  # round-robin: equal load
         refs = [actor.generate.remote([rows.prompt_ids[i] for i in part], n=n, temperature=temperature,
                                       top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                      stop_token_ids=cfg.stop_token_ids, seed=seed + 7919 * e)
+                                      stop_token_ids=cfg.stop_token_ids,
+                                      seed=derive_seed(self.cfg.run.seed, *seed_key, e))
                 for e, (actor, part) in enumerate(zip(self.rollout.actors, parts))]
         outs = self.rollout.gather(RankRefs(refs, "generate"))
         order, responses, logprobs, finish, versions = [], [], [], [], []
@@ -231,7 +250,7 @@ class PPOTrainer:
         rm_ref = self.reward_model.call_split("score", batch) if self.reward_model else None
         expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
         result = self.rewards.score(expand(rows.prompts), texts, expand(rows.labels),
-                                    {k: expand(v) for k, v in rows.columns.items()})
+                                    reward_columns(rows, batch, n))
         scores = torch.tensor(result.scores, dtype=torch.float32)
         metrics = {f"reward/{k}": sum(v) / len(v) for k, v in result.components.items()}
         metrics.update({f"reward/{k}": _nanmean(v) for k, v in result.extra.items()})
@@ -248,13 +267,20 @@ class PPOTrainer:
         metrics["rollout/truncated_frac"] = sum(f == "length" for f in finish) / len(finish)
         return scores, metrics
 
+    def _sampling(self) -> dict:
+        """How the rollout sampled: the actor's log-probs use the same distribution. The
+        reference's stay those of the full softmax at the temperature (the KL is then that
+        of the sampling policy to the untruncated reference)."""
+        r = self.cfg.rollout
+        return {"temperature": r.temperature, "top_k": r.top_k, "top_p": r.top_p}
+
     def _logprobs_and_values(self, batch: Batch) -> Batch:
-        """Old (unless the update scores them: RunConfig.old_logprobs_from_update) and
-        reference log-probs, and values."""
+        """Old (unless the update scores them: `_update_scores_old`) and reference
+        log-probs, and values."""
         temp = self.cfg.rollout.temperature
         old_ref = None
-        if not self.cfg.old_logprobs_from_update:
-            old_ref = self.actor.call_split("compute_logprobs", batch, temperature=temp)
+        if not self._update_scores_old():
+            old_ref = self.actor.call_split("compute_logprobs", batch, **self._sampling())
         ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
         val_ref = self.critic.call_split("compute_values", batch) if self.critic else None
         return batch.replace(old_logprobs=self.actor.gather_cat(old_ref) if old_ref is not None else None,
@@ -264,7 +290,7 @@ class PPOTrainer:
     def _advantages(self, batch: Batch):
         algo = self.cfg.algorithm
         mask = batch.response_mask
-        coef = self.kl_ctrl.value if algo.kl.in_reward else 0.0
+        coef = self.kl_ctrl.value if algo.kl_in_reward else 0.0
         token_rewards, _ = token_rewards_with_kl(batch.scores, mask, batch.old_logprobs, batch.ref_logprobs,
                                                  kl_coef=coef, estimator=algo.kl.estimator)
         inputs = AdvantageInputs(token_rewards=token_rewards, scores=batch.scores, response_mask=mask,
@@ -278,7 +304,8 @@ class PPOTrainer:
     def _kl_metrics(self, batch: Batch) -> dict:
         """KL(policy || reference) of the sampled tokens under the step's old log-probs
         (NaN when a skipped step never computed them)."""
-        metrics = {"kl/coef": float(self.kl_ctrl.value)}
+        # the coefficient that reached the reward: 0 when the KL is not in it (kl.loss_coef is the loss's)
+        metrics = {"kl/coef": float(self.kl_ctrl.value) if self.cfg.algorithm.kl_in_reward else 0.0}
         if batch.old_logprobs is None:
             return {**metrics, "kl/mean": math.nan, "kl/token_mean": math.nan}
         mask = batch.response_mask
@@ -311,12 +338,14 @@ class PPOTrainer:
         if self.eval_set is None:
             return {}
         cfg = self.cfg
+        # the same seeds at every evaluation: sampled evaluations differ only by the policy
         with progress("evaluating", total=2, unit="phase") as bar:
             bar.set_postfix_str(f"generating {len(self.eval_set)} answers")
-            batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed=cfg.run.seed)
+            batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed_key=("eval",))
             bar.update()
             bar.set_postfix_str("scoring")
-            result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels, self.eval_set.columns)
+            result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels,
+                                        reward_columns(self.eval_set, batch, 1))
             bar.update()
         scores = torch.tensor(result.scores)
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
@@ -368,7 +397,7 @@ class PPOTrainer:
             self.critic.gather(critic_refs)
         state = {"step": self.step_index, "weight_version": self.weight_version, "bad_steps": self.bad_steps,
                  "kl_controller": self.kl_ctrl.state_dict(), "sampler": self.sampler.state_dict(),
-                 "python_rng": repr(random.getstate()), "torch_rng": torch.get_rng_state().tolist()}
+                 **ckpt.rng_state()}
         final = ckpt.commit(staging, state, self.cfg.run.keep_checkpoints)
         say(f"checkpoint: {final}")
         return final
@@ -381,7 +410,7 @@ class PPOTrainer:
         self.actor.gather(refs)
         self.kl_ctrl.load_state_dict(state["kl_controller"])
         self.sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        ckpt.restore_rng(state)
         self.weight_version = state["weight_version"] - 1
         self.bad_steps = state.get("bad_steps", 0)
         self._sync_weights()  # the rollout engines start from the checkpoint's policy
@@ -427,6 +456,15 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: 
         resp_mask[i, : len(r)] = 1
     return Batch(input_ids=ids, attention_mask=attn, response_mask=resp_mask, group_ids=group_ids,
                  rollout_logprobs=rollout_lp, weight_version=versions)
+
+
+def reward_columns(rows: PromptSet, batch: Batch, n: int) -> dict[str, list]:
+    """The dataset's extra columns, one entry per response (n per prompt), plus
+    `response_length`: each response's length in tokens (length rewards such as the
+    built-in overlong_penalty count tokens, not characters)."""
+    columns = {k: [x for x in v for _ in range(n)] for k, v in rows.columns.items()}
+    columns["response_length"] = batch.response_mask.sum(-1).long().tolist()
+    return columns
 
 
 def make_reward_manager(cfg: RunConfig):

@@ -184,6 +184,11 @@ class PromptSampler:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["size"] != self.size:
-            raise DataError(f"checkpoint was taken on a dataset of {state['size']} prompts; this one has {self.size}")
+        """Continue exactly where the checkpoint stopped. Another dataset size or seed
+        would resume in an order the checkpoint never saw: refused."""
+        what = {"size": "usable prompts (data.train_path, data.max_prompt_tokens)", "seed": "run.seed"}
+        for key, label in what.items():
+            if state[key] != getattr(self, key):
+                raise DataError(f"cannot resume: the checkpoint's sampler had {label} = {state[key]}, "
+                                f"this run has {getattr(self, key)}")
         self.epoch, self.cursor = state["epoch"], state["cursor"]

@@ -7,7 +7,7 @@ from rlhf.metrics import read_metrics
 
 PANELS = [
     ("reward", ["rollout/reward_mean"]),
-    ("eval reward", ["eval/reward_mean", "eval/exact"]),
+    ("eval reward", ["eval/reward_mean", "eval/pass_rate"]),
     ("KL", ["kl/mean", "actor/approx_kl"]),
     ("response length", ["rollout/response_length"]),
 ]

@@ -3,7 +3,8 @@
 Only the controller imports this (it needs ray). `PPORoles` starts the worker groups
 of a PPO run, tells the busy ones how many ranks share their node's cores before each
 phase, and stops them. `colocated` puts every role in one
-placement group (on GPU they share devices); `split` gives each role its own group,
+placement group, packed onto as few nodes as fit (ranks share a GPU only when their
+<role>.num_gpus are fractions that add up to at most 1); `split` gives each role its own group,
 which Ray may place on different nodes; `cluster.role_resources` adds custom Ray
 resources to a role's ranks, which pins the role to the nodes that have them.
 Resources are checked against the cluster (totals, and each rank against single

@@ -40,6 +40,7 @@ def load_scorer(model_path: str, *, device: str = "cpu", batch_size: int = 8, ma
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"  # positions of real tokens stay 0..n-1
+    tok.truncation_side = "left"  # too long: drop the prompt's start, keep the response's end (scored there)
     model.config.pad_token_id = tok.pad_token_id
     # Decoder reward models: run the backbone and apply the `score` head ourselves at
     # the last token the attention mask keeps, so a pad id equal to eos (common) cannot
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
     ap.add_argument("--device", default="cpu", help="torch device for the model")
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    ap.add_argument("--max-length", type=int, default=2048, help="truncate prompt+response to this many tokens")
+    ap.add_argument("--max-length", type=int, default=2048, help="longer prompt+response(+EOS) keep their last this many tokens")
     ap.add_argument("--no-eos", action="store_true", help="do not end each prompt+response with EOS")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -32,30 +32,32 @@ class ActorWorker(DeepSpeedTrainer):
         return load_causal_lm(self.model_path, dtype)
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
-        """Log-probs of this rank's response tokens (no grad, micro-batched, logits / temperature).
+    def compute_logprobs(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> Tensor:
+        """Log-probs of this rank's response tokens (no grad, micro-batched, logits / temperature,
+        renormalised over the tokens top_k / top_p keep, as the rollout sampled them).
 
         ZeRO-3: collective, every rank must call it with the same number of rows.
         Shape: batch (b, P+R) -> (b, R) float32 on CPU.
         """
         self.engine.eval()
-        out = [response_logprobs(self.engine, mb, temperature, device=self.device)[0].cpu()
+        out = [response_logprobs(self.engine, mb, temperature, device=self.device, top_k=top_k, top_p=top_p)[0].cpu()
                for mb in micro_batches(batch, self.train_cfg.micro_batch_size)]
         return torch.cat(out)
 
-    def update(self, batch: Batch, temperature: float = 1.0, kl_coef: float | None = None) -> dict[str, float]:
-        """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes).
+    def update(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> dict[str, float]:
+        """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes),
+        with log-probs of the sampling distribution (temperature, top_k, top_p).
 
         Needs batch.old_logprobs and batch.advantages; batch.ref_logprobs if the KL loss
-        is on (kl_coef, default algorithm.kl.loss_coef, > 0); batch.rollout_logprobs if
-        truncated IS is on (algorithm.tis_cap). Returns the same metrics on every rank.
+        is on (algorithm.kl.loss_coef > 0); batch.rollout_logprobs if truncated IS is on
+        (algorithm.tis_cap). Returns the same metrics on every rank.
         """
         if batch.old_logprobs is None:
             raise ValueError("actor update needs batch.old_logprobs (or call update_on_policy)")
-        return self._policy_update(batch, temperature, kl_coef)
+        return self._policy_update(batch, dict(temperature=temperature, top_k=top_k, top_p=top_p))
 
-    def update_on_policy(self, batch: Batch, temperature: float = 1.0,
-                         kl_coef: float | None = None) -> tuple[dict[str, float], Tensor]:
+    def update_on_policy(self, batch: Batch, temperature: float = 1.0, top_k: int = -1,
+                         top_p: float = 1.0) -> tuple[dict[str, float], Tensor]:
         """`update` without a separate old-log-prob pass, for a step that is on-policy:
         one epoch and one mini-batch, so the weights that score the tokens in the
         update's forward are the ones a `compute_logprobs` call would use. The old
@@ -69,19 +71,19 @@ class ActorWorker(DeepSpeedTrainer):
                              f"{self.train_cfg.ppo_epochs} epoch(s) and {batch.size} rows on this rank for "
                              f"mini-batches of {ranks_rows}")
         scored: list[Tensor] = []
-        metrics = self._policy_update(batch, temperature, kl_coef, scored=scored)
+        metrics = self._policy_update(batch, dict(temperature=temperature, top_k=top_k, top_p=top_p), scored=scored)
         return metrics, torch.cat(scored)
 
-    def _policy_update(self, batch: Batch, temperature: float, kl_coef: float | None,
-                       scored: list[Tensor] | None = None) -> dict[str, float]:
-        """The PPO-family update. `scored` given: old log-probs are the forward's own
-        (detached), appended to it per micro-batch."""
+    def _policy_update(self, batch: Batch, sampling: dict, scored: list[Tensor] | None = None) -> dict[str, float]:
+        """The PPO-family update. `sampling`: temperature, top_k, top_p of the rollout.
+        `scored` given: old log-probs are the forward's own (detached), appended to it
+        per micro-batch."""
         algo = self.algo
-        kl_coef = algo.kl.loss_coef if kl_coef is None else kl_coef
+        kl_coef = algo.kl.loss_coef
         if batch.advantages is None:
             raise ValueError("actor update needs batch.advantages")
         if kl_coef > 0 and batch.ref_logprobs is None:
-            raise ValueError("the KL loss (kl_coef > 0) needs batch.ref_logprobs")
+            raise ValueError("the KL loss (algorithm.kl.loss_coef > 0) needs batch.ref_logprobs")
         if algo.tis_cap is not None and batch.rollout_logprobs is None:
             raise ValueError("truncated IS (algorithm.tis_cap) needs batch.rollout_logprobs")
         policy_loss = POLICY_LOSSES.get(algo.policy_loss)
@@ -90,7 +92,7 @@ class ActorWorker(DeepSpeedTrainer):
             mask = mb.response_mask.to(self.device)
             agg = dict(agg_mode=algo.loss_agg_mode, global_token_count=n_tokens, global_seq_count=n_seqs,
                        norm_length=mb.response_len)
-            logprobs, entropy = response_logprobs(self.engine, mb, temperature, device=self.device,
+            logprobs, entropy = response_logprobs(self.engine, mb, device=self.device, **sampling,
                                                   entropy=True, entropy_grad=algo.entropy_coef != 0)
             if scored is None:
                 old = mb.old_logprobs.to(self.device)

@@ -8,9 +8,10 @@ receive side of the weight sync (`init_weight_receiver`, `receive_bucket`,
 Log-probs: vLLM 0.32 returns, by default (`logprobs_mode="raw_logprobs"`),
 log_softmax of the RAW logits, i.e. before temperature, top-k and top-p. We start the
 engine with `logprobs_mode="processed_logprobs"`: the value is then the log-prob of the
-sampled token under the distribution it was sampled from, log_softmax(logits / T)
-(with top-k/top-p, renormalised over the kept tokens), which is what the trainer
-recomputes with `rlhf.algorithms.logprobs_from_logits(logits, labels, T)`.
+sampled token under the distribution it was sampled from: logits / T, tokens outside
+top-k and then top-p set to -inf, log_softmax (so renormalised over the kept tokens).
+The trainer recomputes exactly that with
+`rlhf.algorithms.logprobs_from_logits(logits, labels, T, top_k, top_p)`.
 Greedy (T == 0) skips temperature: the log-probs are then those of the argmax under
 T = 1. Prompt log-probs (`score_sequences`) skip all sampling processors, so they are
 at T = 1 in every mode.
@@ -22,6 +23,7 @@ import time
 from dataclasses import asdict, is_dataclass
 
 from rlhf.config.schema import RolloutSection
+from rlhf.seeds import derive_seed
 from workers import device as dev
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,13 @@ def _section(cfg: RolloutSection | dict) -> RolloutSection:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0, rank: int = 0):
+    def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0):
         dev.setup_process_env()
         dev.share_cores(1)  # until the controller says otherwise
         from vllm import LLM
 
         self.cfg = _section(cfg)
         self.dtype = dev.rollout_dtype(self.cfg.dtype)  # "auto": bf16 only where native
-        self.rank = rank
         self._version = 0
         t0 = time.perf_counter()
         self.llm = LLM(
@@ -53,7 +54,7 @@ class RolloutWorker:
             dtype=self.dtype,
             load_format="safetensors",  # never unpickle weights
             enforce_eager=self.cfg.enforce_eager,
-            seed=seed + rank,
+            seed=seed,  # only unseeded requests draw from it; the controller seeds every request
             logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION,
             disable_log_stats=True,
@@ -72,23 +73,30 @@ class RolloutWorker:
         Returns lists of length len(prompts) * n, the n samples of prompt i at
         [i*n, (i+1)*n): `response_ids`, `logprobs` (per sampled token, see module doc),
         `finish_reasons` ("stop" | "length"), plus `weight_version`. With `seed`,
-        prompt i uses seed + i*n (vLLM gives sample j of a prompt seed + j), so the
-        same call returns the same samples. Greedy (temperature 0): vLLM refuses n > 1,
-        so each prompt is decoded once and its answer repeated n times.
+        sample j of prompt i is one request seeded with derive_seed(seed, i, j), so the
+        same call returns the same samples and no two samples share a random stream.
+        Greedy (temperature 0): vLLM refuses n > 1, so each prompt is decoded once and
+        its answer repeated n times.
         """
         from vllm import SamplingParams
 
         greedy = temperature == 0
+        # seeded: one request per sample (vLLM would seed a request's n samples seed + j)
+        per_request = 1 if greedy or seed is not None else n
 
-        def params(i: int) -> SamplingParams:
+        def params(request_seed: int | None) -> SamplingParams:
             return SamplingParams(
-                n=1 if greedy else n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
+                n=per_request, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
                 max_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids),
-                seed=None if seed is None else seed + i * n,
-                logprobs=0, detokenize=False)
+                seed=request_seed, logprobs=0, detokenize=False)
 
-        prompts = [{"prompt_token_ids": list(p)} for p in prompt_token_ids]
-        outs = self.llm.generate(prompts, [params(i) for i in range(len(prompts))], use_tqdm=False)
+        copies = 1 if greedy or per_request == n else n
+        prompts, sampling = [], []
+        for i, p in enumerate(prompt_token_ids):
+            for j in range(copies):
+                prompts.append({"prompt_token_ids": list(p)})
+                sampling.append(params(None if seed is None or greedy else derive_seed(seed, i, j)))
+        outs = self.llm.generate(prompts, sampling, use_tqdm=False)
         response_ids, logprobs, finish = [], [], []
         for out in outs:
             for comp in sorted(out.outputs, key=lambda c: c.index):

@@ -26,6 +26,7 @@ from torch import Tensor
 from rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from rlhf.batch import Batch
 from rlhf.config.schema import TrainerSection, TrainSection
+from rlhf.seeds import derive_seed
 from workers import device as dev
 
 DIST_TIMEOUT_S = float(os.environ.get("RLHF_DIST_TIMEOUT_S", 1800))
@@ -165,9 +166,11 @@ def _model_inputs(batch: Batch, device: torch.device) -> dict:
                 position_ids=batch.position_ids().to(device), use_cache=False)
 
 
-def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device,
-                      entropy: bool = False, entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Log-probs (and entropies) of the response tokens under `model` at `temperature`.
+def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device, top_k: int = -1,
+                      top_p: float = 1.0, entropy: bool = False,
+                      entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (and entropies) of the response tokens under `model` at `temperature`,
+    renormalised over the tokens top_k / top_p keep (as the rollout engine sampled).
 
     Response token j sits at column P+j and is predicted by the logits at column
     P+j-1 (rlhf/batch.py); only the last R+1 columns go through the LM head.
@@ -175,11 +178,11 @@ def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.
     """
     R = batch.response_len
     logits = model(**_model_inputs(batch, device), logits_to_keep=R + 1).logits[:, :-1]
-    logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature)
+    logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature, top_k, top_p)
     ent = None
     if entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            ent = entropy_from_logits(logits, temperature)
+            ent = entropy_from_logits(logits, temperature, top_k, top_p)
     return logprobs, ent
 
 
@@ -389,8 +392,12 @@ class DeepSpeedTrainer(RankWorker):
         stats = _Stats()
         skipped_before = self.engine.skipped_steps
         self.engine.train()
-        for _ in range(epochs):
-            for mini in batch.chunks(batch.size // mini_per_rank):
+        for epoch in range(epochs):
+            # epoch 0 in rollout order (update_on_policy returns log-probs in that order);
+            # later epochs reshuffled, so each sees other mini-batches (seeded, resumable:
+            # keyed on the optimizer step count, which checkpoints restore)
+            rows = batch if epoch == 0 else batch.index(self.epoch_permutation(batch.size, epoch))
+            for mini in rows.chunks(batch.size // mini_per_rank):
                 mask = mini.response_mask
                 counts = self.all_reduce_sum(torch.stack([mask.sum(), (mask.sum(-1) > 0).sum().to(mask.dtype)]).float())
                 n_tokens, n_seqs = counts[0].clamp_min(1), counts[1].clamp_min(1)
@@ -413,6 +420,12 @@ class DeepSpeedTrainer(RankWorker):
         # decision is all-reduced, or taken on already all-reduced gradients at ZeRO-0)
         metrics[f"{self.role}/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
         return metrics
+
+    def epoch_permutation(self, rows: int, epoch: int) -> Tensor:
+        """The row order of `epoch` (> 0) of the update starting now: a function of the
+        seed, role, rank, optimizer steps taken so far and the epoch only."""
+        key = derive_seed(self.seed, self.role, self.rank, self.engine.global_steps, epoch)
+        return torch.randperm(rows, generator=torch.Generator().manual_seed(key))
 
     def _reduced_grad_norm(self) -> float:
         """Pre-clip global grad norm for ZeRO-0 fp32, where DeepSpeed does not record it

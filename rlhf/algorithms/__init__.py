@@ -7,8 +7,10 @@ transformers. See docs/algorithms.md for the formulas and their papers.
 from rlhf.algorithms.advantages import (
     ADV_ESTIMATORS,
     AdvantageInputs,
+    EstimatorNeeds,
     compute_advantages,
     discounted_returns,
+    estimator_needs,
 )
 from rlhf.algorithms.kl import (
     KL_CONTROLLERS,
@@ -18,7 +20,7 @@ from rlhf.algorithms.kl import (
     kl_penalty,
     make_kl_controller,
 )
-from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhf.algorithms.logprobs import entropy_from_logits, logprobs_from_logits, sampling_mask
 from rlhf.algorithms.losses import (
     AGG_MODES,
     POLICY_LOSSES,
@@ -48,12 +50,14 @@ __all__ = [
     "POLICY_LOSSES",
     "AdaptiveKLController",
     "AdvantageInputs",
+    "EstimatorNeeds",
     "FixedKLController",
     "Registry",
     "aggregate_loss",
     "bradley_terry_loss",
     "compute_advantages",
     "discounted_returns",
+    "estimator_needs",
     "entropy_from_logits",
     "entropy_loss",
     "explained_variance",
@@ -69,6 +73,7 @@ __all__ = [
     "overlong_penalty",
     "place_scores_on_last_token",
     "ppo_clip_loss",
+    "sampling_mask",
     "token_rewards_with_kl",
     "truncated_is_weights",
     "value_loss",

@@ -24,6 +24,21 @@ from rlhf.algorithms.shaping import place_scores_on_last_token
 ADV_ESTIMATORS = Registry("advantage estimator")
 
 
+@dataclass(frozen=True)
+class EstimatorNeeds:
+    """What an advantage estimator reads, declared at registration; the config is
+    validated against it and the controller derives its phases from it."""
+
+    critic: bool = False  # reads `values`: the run needs a critic role (and trains it)
+    token_rewards: bool = False  # reads `token_rewards`: a KL penalty in the reward reaches it
+    groups: bool = False  # compares samples of one prompt: needs rollout.n >= 2
+
+
+def estimator_needs(name: str) -> EstimatorNeeds:
+    """The declared needs of the registered estimator `name` (KeyError if unknown)."""
+    return ADV_ESTIMATORS.traits(name) or EstimatorNeeds()
+
+
 @dataclass
 class AdvantageInputs:
     """Everything an advantage estimator may read; each uses a subset."""
@@ -105,7 +120,7 @@ def _broadcast(seq_adv: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool(), seq_adv.unsqueeze(-1), 0.0)
 
 
-@ADV_ESTIMATORS.register("gae")
+@ADV_ESTIMATORS.register("gae", EstimatorNeeds(critic=True, token_rewards=True))
 def gae(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, arXiv:1506.02438).
 
@@ -122,7 +137,7 @@ def gae(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     return advantages, returns
 
 
-@ADV_ESTIMATORS.register("grpo")
+@ADV_ESTIMATORS.register("grpo", EstimatorNeeds(groups=True))
 def grpo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """Group-relative advantage (GRPO, Shao et al. 2024 DeepSeekMath, arXiv:2402.03300).
 
@@ -137,7 +152,7 @@ def grpo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     return advantages, advantages.clone()
 
 
-@ADV_ESTIMATORS.register("rloo")
+@ADV_ESTIMATORS.register("rloo", EstimatorNeeds(groups=True))
 def rloo(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """REINFORCE leave-one-out (Ahmadian et al. 2024, arXiv:2402.14740).
 
@@ -159,7 +174,7 @@ def _reinforce_returns(rewards: Tensor, inputs: AdvantageInputs) -> tuple[Tensor
     return advantages, returns
 
 
-@ADV_ESTIMATORS.register("reinforce++")
+@ADV_ESTIMATORS.register("reinforce++", EstimatorNeeds(token_rewards=True))
 def reinforce_pp(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """REINFORCE++ (Hu et al. 2025, arXiv:2501.03262): critic-free PPO.
 
@@ -169,7 +184,7 @@ def reinforce_pp(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     return _reinforce_returns(inputs.token_rewards, inputs)
 
 
-@ADV_ESTIMATORS.register("reinforce++-baseline")
+@ADV_ESTIMATORS.register("reinforce++-baseline", EstimatorNeeds(token_rewards=True, groups=True))
 def reinforce_pp_baseline(inputs: AdvantageInputs) -> tuple[Tensor, Tensor]:
     """REINFORCE++ with a group-mean baseline (Hu et al. 2025, arXiv:2501.03262).
 

@@ -4,6 +4,13 @@ Estimators follow J. Schulman, "Approximating KL divergence"
 (http://joschu.net/blog/kl-approx.html), with samples drawn from the policy:
 k1 is unbiased but high-variance and can be negative, k2 is low-variance but
 biased, k3 is unbiased (as a value) and always >= 0.
+
+Values and gradients differ. Used as a loss on tokens sampled from pi (on-policy,
+samples held fixed), the expected gradient per visited state is: k1 -> 0 (E_pi[grad log pi]
+= 0, so the config refuses it as kl.loss_estimator); k2 -> grad KL(pi || ref), the
+reverse KL; k3 -> grad KL(ref || pi), the *forward* KL, although its value estimates the
+reverse one (Tang & Munos 2025, arXiv:2506.09477). Neither accounts for how pi changes
+which states are visited; a KL penalty in the reward does.
 """
 
 from __future__ import annotations
@@ -44,10 +51,11 @@ def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k3 = exp(r) - r - 1 with r = log ref - log pi.
 
-    d k3 / d logp = 1 - ref/pi, whose expectation under pi is 1 - sum(ref) = 0:
-    on-policy the gradient of k3 is zero-mean per token (as a loss it only acts
-    through its variance, unlike k2). r is clamped to [-20, 20] and k3 to [-10, 10]
-    because exp(r) overflows for tokens the reference finds very unlikely.
+    d k3 / d logp = 1 - ref/pi. That coefficient has mean 0 under pi, but the loss
+    gradient is (1 - ref/pi) * grad log pi, whose mean under pi is -E_ref[grad log pi]
+    = grad KL(ref || pi): a k3 loss pulls pi towards ref along the forward KL (see the
+    module doc). r is clamped to [-20, 20] and k3 to [-10, 10] because exp(r)
+    overflows for tokens the reference finds very unlikely (clamped tokens get no gradient).
     Shape: (B, T) -> (B, T).
     """
     r = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)

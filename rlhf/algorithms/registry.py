@@ -26,17 +26,28 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Callable] = {}
+        self._traits: dict[str, object] = {}
 
-    def register(self, name: str) -> Callable[[F], F]:
-        """Decorator adding `fn` under `name`; a second entry with the same name is an error."""
+    def register(self, name: str, traits: object = None) -> Callable[[F], F]:
+        """Decorator adding `fn` under `name`; a second entry with the same name is an error.
+
+        `traits`: what the entry declares about itself (e.g. the inputs an advantage
+        estimator reads), returned by `traits(name)` for config validation.
+        """
 
         def decorator(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = fn
+            self._traits[name] = traits
             return fn
 
         return decorator
+
+    def traits(self, name: str) -> object:
+        """The `traits` registered with `name` (None if it declared none)."""
+        self.get(name)  # unknown names raise the usual KeyError
+        return self._traits[name]
 
     def get(self, name: str) -> Callable:
         try:

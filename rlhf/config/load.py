@@ -105,6 +105,7 @@ def validate(cfg: RunConfig) -> None:
     """Ranges and choices declared on the fields, then what they cannot express."""
     check_fields(cfg)
     _check_registries(cfg)
+    _check_estimator_needs(cfg)
     _check_batch_arithmetic(cfg)
     _check_ranges(cfg)
     _check_rewards(cfg)
@@ -130,6 +131,28 @@ def _check_registries(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'run.trackers': unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
 
 
+def _check_estimator_needs(cfg: RunConfig) -> None:
+    """The config against what the advantage estimator declared (rlhf.algorithms.EstimatorNeeds)."""
+    algo, needs = cfg.algorithm, cfg.algorithm.needs
+    name = algo.adv_estimator
+    if algo.kl.in_reward and not needs.token_rewards:
+        raise ConfigError(f"config key 'algorithm.kl.in_reward' is true, but algorithm.adv_estimator={name!r} reads "
+                          f"only the sequence scores, so a KL penalty in the reward would do nothing; leave it unset "
+                          f"(or false) and put the KL in the loss with algorithm.kl.loss_coef > 0")
+    if needs.groups and cfg.rollout.n < 2:
+        raise ConfigError(f"config key 'rollout.n' must be >= 2 for algorithm.adv_estimator={name!r} (group baseline)")
+    if cfg.train.critic_warmup_steps < 0:
+        raise ConfigError(f"config key 'train.critic_warmup_steps' must be >= 0 (got {cfg.train.critic_warmup_steps})")
+    if cfg.train.critic_warmup_steps and not needs.critic:
+        raise ConfigError(f"config key 'train.critic_warmup_steps' is {cfg.train.critic_warmup_steps}, but "
+                          f"algorithm.adv_estimator={name!r} has no critic to warm up")
+    if algo.kl.loss_coef > 0 and algo.kl.loss_estimator == "k1":
+        # d/dtheta of E_pi[log pi - log ref] estimated by the sampled k1 is grad log pi, whose
+        # expectation under pi is 0: the term adds noise and no pull towards the reference.
+        raise ConfigError("config key 'algorithm.kl.loss_estimator' is 'k1': as a loss its gradient is zero in "
+                          "expectation (no pull towards the reference); use k3 (or k2) for the KL loss")
+
+
 def _check_batch_arithmetic(cfg: RunConfig) -> None:
     t, batch = cfg.train, cfg.rollout_batch_size
     if batch % t.mini_batch_size:
@@ -152,8 +175,6 @@ def _check_ranges(cfg: RunConfig) -> None:
     if cfg.algorithm.overlong_buffer > cfg.rollout.max_new_tokens:
         raise ConfigError(f"config key 'algorithm.overlong_buffer' ({cfg.algorithm.overlong_buffer}) must be <= "
                           f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
-    if cfg.rollout.n < 2 and cfg.algorithm.adv_estimator in ("grpo", "rloo", "reinforce++-baseline"):
-        raise ConfigError(f"config key 'rollout.n' must be >= 2 for algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} (group baseline)")
 
 
 def _check_rewards(cfg: RunConfig) -> None:

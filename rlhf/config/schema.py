@@ -79,7 +79,10 @@ class RolloutSection:
 @dataclass
 class KLSection:
     estimator: str = "k1"              # k1 | abs | k2 | k3 (rlhf.algorithms.KL_ESTIMATORS)
-    in_reward: bool = True             # per-token KL penalty in the reward (PPO style)
+    # Per-token KL penalty in the reward (PPO style). None: on exactly when the estimator
+    # reads token rewards (gae, reinforce++*), off for grpo / rloo, which read only the
+    # scores; true with such an estimator is refused (it would have no effect).
+    in_reward: Optional[bool] = None
     loss_coef: float = non_negative(0.0)  # > 0: KL term in the actor loss (GRPO style)
     loss_estimator: str = "k3"         # estimator of the loss term
     controller: str = one_of("fixed", "adaptive")  # "fixed" | "adaptive" (Ziegler et al. 2019)
@@ -107,8 +110,20 @@ class AlgorithmSection:
     kl: KLSection = field(default_factory=KLSection)
 
     @property
+    def needs(self):
+        """What the estimator declared at registration (rlhf.algorithms.EstimatorNeeds)."""
+        from rlhf.algorithms import estimator_needs
+
+        return estimator_needs(self.adv_estimator)
+
+    @property
     def uses_critic(self) -> bool:
-        return self.adv_estimator == "gae"
+        return self.needs.critic
+
+    @property
+    def kl_in_reward(self) -> bool:
+        """kl.in_reward resolved: an explicit value, else whether the estimator reads token rewards."""
+        return self.needs.token_rewards if self.kl.in_reward is None else self.kl.in_reward
 
 
 @dataclass
@@ -145,6 +160,10 @@ class TrainSection:
     # log-probs from the update's own forward instead of a separate actor pass (as TRL
     # does with num_iterations=1). The ratio is then exactly 1, as it would be anyway.
     old_logprobs_from_update: bool = True
+    # PPO steps at the start that train only the critic (value warm-up, verl's
+    # trainer.critic_warmup): the actor is not updated and no weights are synced. Not
+    # critic.warmup_steps, which is the critic's learning-rate warmup.
+    critic_warmup_steps: int = non_negative(0)
 
 
 @dataclass
@@ -217,9 +236,6 @@ class RunConfig:
     @property
     def old_logprobs_from_update(self) -> bool:
         """True when the actor's update can score the old log-probs itself (see the key)."""
+        kl_reaches_advantages = self.algorithm.kl_in_reward and self.algorithm.needs.token_rewards
         return (self.train.old_logprobs_from_update and self.train.ppo_epochs == 1
-                and self.mini_batches_per_epoch == 1 and not self.algorithm.kl.in_reward)
-
-    def micro_batches_per_mini_batch(self, ranks: int) -> int:
-        """Gradient-accumulation steps of one rank in one optimizer step."""
-        return self.train.mini_batch_size // (ranks * self.train.micro_batch_size)
+                and self.mini_batches_per_epoch == 1 and not kl_reaches_advantages)

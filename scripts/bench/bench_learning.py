@@ -68,7 +68,7 @@ def check_comparable(cfg) -> None:
     a, r = cfg.algorithm, cfg.rollout
     unmatched = {
         "algorithm.adv_estimator": (a.adv_estimator != "grpo", "grpo"),
-        "algorithm.kl.in_reward": (a.kl.in_reward, "false (TRL has KL in the loss only)"),
+        "algorithm.kl.in_reward": (a.kl_in_reward, "false (TRL has KL in the loss only)"),
         "algorithm.kl.loss_estimator": (a.kl.loss_coef > 0 and a.kl.loss_estimator != "k3", "k3"),
         "algorithm.policy_loss": (a.policy_loss != "vanilla", "vanilla"),
         "algorithm.dual_clip": (a.dual_clip is not None, "null"),

@@ -43,18 +43,38 @@ def test_gradients():
     torch.testing.assert_close(_grad("k3", logp, logp), torch.zeros_like(logp))
 
 
-def test_k3_gradient_is_zero_mean_on_policy():
-    # E_{x~pi}[d k3 / d logp(x)] = sum_x pi(x) (1 - ref(x)/pi(x)) = 1 - sum_x ref(x) = 0,
-    # computed exactly over a small vocabulary instead of by sampling. Logits are mild
-    # so no token hits the [-10, 10] clamp, which zeros the gradient where ref/pi > ~12.
+def _expected_loss_grad(name, logits, ref):
+    """Exact E_{x~pi}[grad_logits of the estimator as a loss], samples held fixed: the
+    sum over the vocabulary weighted by the (detached) policy probabilities."""
+    logits = logits.clone().requires_grad_()
+    logp = torch.log_softmax(logits, -1)
+    (logp.exp().detach() * kl_penalty(name, logp, ref)).sum().backward()
+    return logits.grad
+
+
+def _grad_of(fn, logits):
+    logits = logits.clone().requires_grad_()
+    fn(torch.log_softmax(logits, -1)).sum().backward()
+    return logits.grad
+
+
+def test_kl_loss_gradients_in_expectation():
+    # Computed exactly over a small vocabulary instead of by sampling. Logits are mild
+    # so no token hits the k3 clamp, which zeros the gradient where ref/pi > ~12.
     g = torch.Generator().manual_seed(0)
-    logp = torch.log_softmax(0.5 * torch.randn(2, 50, generator=g), -1)
+    logits = 0.5 * torch.randn(2, 50, generator=g)
     ref = torch.log_softmax(0.5 * torch.randn(2, 50, generator=g), -1)
-    expected_grad = (logp.exp() * _grad("k3", logp, ref)).sum(-1)
-    torch.testing.assert_close(expected_grad, torch.zeros(2), atol=1e-5, rtol=0)
-    # and the k3 *value* is an unbiased estimate of KL(pi || ref) under pi
-    exact_kl = (logp.exp() * (logp - ref)).sum(-1)
-    torch.testing.assert_close((logp.exp() * kl_penalty("k3", logp, ref)).sum(-1), exact_kl)
+    reverse = lambda logp: (logp.exp() * (logp - ref)).sum(-1)  # noqa: E731  KL(pi || ref)
+    forward = lambda logp: (ref.exp() * (ref - logp)).sum(-1)  # noqa: E731  KL(ref || pi)
+    k1, k2, k3 = (_expected_loss_grad(n, logits, ref) for n in ("k1", "k2", "k3"))
+    torch.testing.assert_close(k1, torch.zeros_like(k1), atol=1e-6, rtol=0)  # why the config refuses it
+    torch.testing.assert_close(k2, _grad_of(reverse, logits))
+    torch.testing.assert_close(k3, _grad_of(forward, logits))
+    # not zero, and not the reverse KL's gradient (the two KLs differ here)
+    assert k3.abs().max() > 1e-2 and (k3 - _grad_of(reverse, logits)).abs().max() > 1e-3
+    # the k3 *value* is an unbiased estimate of the reverse KL(pi || ref) under pi
+    logp = torch.log_softmax(logits, -1)
+    torch.testing.assert_close((logp.exp() * kl_penalty("k3", logp, ref)).sum(-1), reverse(logp))
 
 
 @pytest.mark.parametrize("name", KL_ESTIMATORS.names())

@@ -63,3 +63,18 @@ def test_scores_read_at_last_non_pad_token_and_served(tiny_rm):
 
     with mod.make_server(scorer, "127.0.0.1", 0) as server:
         assert RemoteRewardClient(server.url, batch_size=2).score(prompts, responses, [None] * 4) == pytest.approx(want, abs=1e-5)
+
+
+def test_too_long_texts_keep_their_end(tiny_rm):
+    """Truncation drops the start of the prompt, never the response's end where the score is read."""
+    path, model, tok = tiny_rm
+    mod = load_script()
+    prompt, response = "100+1=", "101 is it"
+    got = mod.load_scorer(str(path), max_length=8)([prompt], [response], [None])[0]
+    ids = tok(prompt + response)["input_ids"][-7:] + [tok.eos_token_id]  # 7 tokens + EOS = max_length
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert got == pytest.approx(want, abs=1e-5)
+    with torch.no_grad():  # the right-truncated read-out differs: the test can tell them apart
+        right = model(input_ids=torch.tensor([tok(prompt + response)["input_ids"][:7] + [tok.eos_token_id]]))
+    assert abs(right.logits[0, 0].item() - want) > 1e-4

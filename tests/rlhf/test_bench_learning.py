@@ -29,7 +29,7 @@ def test_trl_takes_the_recipes_batches_and_optimizer_steps():
     assert t["loss_type"] == "grpo" and t["scale_rewards"] == "group" and t["top_k"] == 0
 
 
-@pytest.mark.parametrize("override, key", [("algorithm.kl.in_reward=true", "algorithm.kl.in_reward"),
+@pytest.mark.parametrize("override, key", [("algorithm.tis_cap=2.0", "algorithm.tis_cap"),
                                            ("algorithm.adv_estimator=rloo", "algorithm.adv_estimator"),
                                            ("algorithm.dual_clip=3.0", "algorithm.dual_clip"),
                                            ("algorithm.loss_agg_mode=seq-mean-token-sum", "algorithm.loss_agg_mode")])

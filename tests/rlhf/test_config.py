@@ -75,7 +75,11 @@ def test_group_estimators_need_groups():
     ([], False),                                                  # grpo_tiny: 2 mini-batches per step
     (["train.mini_batch_size=128"], True),                        # one mini-batch, one epoch, KL in the loss
     (["train.mini_batch_size=128", "train.ppo_epochs=2"], False),
-    (["train.mini_batch_size=128", "algorithm.kl.in_reward=true"], False),  # the reward needs them first
+    (["train.mini_batch_size=128", "algorithm.adv_estimator=reinforce++", "algorithm.kl.in_reward=true"],
+     False),                                                      # the reward needs them first
+    (["train.mini_batch_size=128", "algorithm.adv_estimator=reinforce++", "algorithm.kl.in_reward=null"],
+     False),                                                      # unset: on for reinforce++
+    (["train.mini_batch_size=128", "algorithm.adv_estimator=reinforce++", "algorithm.kl.in_reward=false"], True),
     (["train.mini_batch_size=128", "train.old_logprobs_from_update=false"], False),
 ])
 def test_old_logprobs_from_update_only_when_on_policy(overrides, fused):
@@ -185,3 +189,57 @@ def test_cross_field_checks_name_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
         load_config(RECIPES[0].parent / "ppo_tiny.yaml", [override])
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("estimator, critic, kl_in_reward", [
+    ("gae", True, True), ("grpo", False, False), ("rloo", False, False),
+    ("reinforce++", False, True), ("reinforce++-baseline", False, True)])
+def test_estimator_declarations_drive_critic_and_kl_default(estimator, critic, kl_in_reward):
+    cfg = load_config(None, [f"algorithm.adv_estimator={estimator}"])
+    assert cfg.algorithm.uses_critic is critic and cfg.algorithm.kl_in_reward is kl_in_reward
+
+
+def test_grpo_alone_has_no_kl_in_reward_and_takes_the_shortcut():
+    cfg = load_config(None, ["algorithm.adv_estimator=grpo", "train.mini_batch_size=64"])
+    assert cfg.algorithm.kl.in_reward is None and not cfg.algorithm.kl_in_reward
+    assert cfg.old_logprobs_from_update
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+def test_kl_in_reward_refused_where_the_estimator_ignores_token_rewards(estimator):
+    with pytest.raises(ConfigError, match=r"'algorithm.kl.in_reward'.*reads only the sequence scores"):
+        load_config(None, [f"algorithm.adv_estimator={estimator}", "algorithm.kl.in_reward=true"])
+
+
+def test_new_estimator_is_validated_by_its_declaration():
+    from rlhf.algorithms import ADV_ESTIMATORS, EstimatorNeeds, estimator_needs
+
+    @ADV_ESTIMATORS.register("test-critic-free-grouped", EstimatorNeeds(groups=True))
+    def _est(inputs):
+        raise AssertionError("not called by validation")
+
+    try:
+        assert estimator_needs("test-critic-free-grouped") == EstimatorNeeds(groups=True)
+        with pytest.raises(ConfigError, match="rollout.n"):
+            load_config(None, ["algorithm.adv_estimator=test-critic-free-grouped", "rollout.n=1",
+                               "train.mini_batch_size=16", "train.micro_batch_size=16"])
+        cfg = load_config(None, ["algorithm.adv_estimator=test-critic-free-grouped"])
+        assert not cfg.algorithm.uses_critic and not cfg.algorithm.kl_in_reward
+    finally:
+        ADV_ESTIMATORS._entries.pop("test-critic-free-grouped")
+        ADV_ESTIMATORS._traits.pop("test-critic-free-grouped")
+
+
+def test_k1_kl_loss_is_refused():
+    with pytest.raises(ConfigError, match="'algorithm.kl.loss_estimator' is 'k1'"):
+        load_config(None, ["algorithm.kl.loss_coef=0.01", "algorithm.kl.loss_estimator=k1"])
+    load_config(None, ["algorithm.kl.estimator=k1"])  # k1 in the reward is fine (unbiased value)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.critic_warmup_steps=-1"], "train.critic_warmup_steps"),
+    (["train.critic_warmup_steps=2", "algorithm.adv_estimator=grpo"], "no critic to warm up"),
+])
+def test_critic_warmup_validation(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)

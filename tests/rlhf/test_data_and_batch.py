@@ -6,7 +6,7 @@ import torch
 
 from rlhf import checkpoint as ckpt
 from rlhf.config.schema import DataSection
-from rlhf.controller import build_batch
+from rlhf.controller import build_batch, reward_columns
 from rlhf.data import DataError, PromptSampler, load_prompts
 
 
@@ -78,6 +78,31 @@ def test_sampler_resumes_exactly():
     assert sorted(seen[0] + seen[1] + seen[2]) == sorted(set(seen[0] + seen[1] + seen[2]))
 
 
+@pytest.mark.parametrize("other, needle", [(PromptSampler(11, 3, seed=5), "usable prompts"),
+                                           (PromptSampler(10, 3, seed=6), "run.seed = 5, this run has 6")])
+def test_sampler_refuses_a_checkpoint_of_another_order(other, needle):
+    a = PromptSampler(10, 3, seed=5)
+    a.next_indices()
+    with pytest.raises(DataError, match=needle):
+        other.load_state_dict(a.state_dict())
+
+
+def test_controller_rng_state_round_trips_through_json(tmp_path):
+    import json
+    import random
+
+    random.seed(3), torch.manual_seed(3)
+    random.random(), torch.rand(2)
+    state = json.loads(json.dumps(ckpt.rng_state()))  # as state.json stores it
+    expected = (random.random(), random.gauss(0, 1), torch.rand(3))
+    random.seed(99), torch.manual_seed(99)
+    ckpt.restore_rng(state)
+    got = (random.random(), random.gauss(0, 1), torch.rand(3))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+    # checkpoints written before this change stored the Python state as its repr
+    ckpt.restore_rng({**state, "python_rng": repr(random.getstate())})
+
+
 def test_build_batch_layout():
     batch = build_batch([[5, 6], [7]], [[1, 2, 9], [3]], [[-.1, -.2, -.3], [-.4]],
                         torch.tensor([0, 1]), torch.tensor([3, 3]), response_len=4, pad_id=0)
@@ -98,3 +123,12 @@ def test_checkpoint_commit_is_atomic_and_latest_skips_incomplete(tmp_path):
     ckpt.commit(ckpt.staging_dir(tmp_path, 3), {"step": 3}, keep=1)
     assert ckpt.latest(tmp_path).name == "step-000003"
     assert not first.exists()
+
+
+def test_reward_columns_repeat_per_sample_and_count_response_tokens():
+    from rlhf.data import PromptSet
+
+    rows = PromptSet([[5], [6]], ["a", "b"], ["1", "2"], {"source": ["x", "y"]}, 0, "test")
+    batch = build_batch([[5], [5], [6], [6]], [[1, 2, 3], [4], [7, 8], []], [[0.0] * 3, [0.0], [0.0] * 2, []],
+                        torch.tensor([0, 0, 1, 1]), torch.tensor([0] * 4), response_len=4, pad_id=0)
+    assert reward_columns(rows, batch, 2) == {"source": ["x", "x", "y", "y"], "response_length": [3, 1, 2, 0]}

@@ -25,6 +25,17 @@ def test_generate_n_grouped_bounded_seeded(rollout_worker, prompt_ids, tokenizer
     assert other["response_ids"] != out["response_ids"]
 
 
+def test_seeds_do_not_shift_between_calls(rollout_worker, prompt_ids):
+    """Each sample has its own hashed seed: base seed s+1 does not replay base s one
+    sample over (the old seed + i*n + j scheme did), yet s replays s exactly."""
+    kw = dict(n=4, temperature=1.0, max_new_tokens=5)
+    first = ray.get(rollout_worker.generate.remote(prompt_ids[:1], seed=10, **kw))["response_ids"]
+    second = ray.get(rollout_worker.generate.remote(prompt_ids[:1], seed=11, **kw))["response_ids"]
+    assert ray.get(rollout_worker.generate.remote(prompt_ids[:1], seed=10, **kw))["response_ids"] == first
+    assert second[:3] != first[1:]
+    assert len({tuple(r) for r in first + second}) > 2  # sampling really varies (else the above is vacuous)
+
+
 def test_samples_of_a_prompt_are_contiguous(rollout_worker, prompt_ids):
     """Greedy, n=2: the pair at [2i, 2i+1] is prompt i's greedy answer, in prompt order."""
     out = ray.get(rollout_worker.generate.remote(prompt_ids, n=2, temperature=0.0, max_new_tokens=4))
@@ -72,14 +83,18 @@ def test_engine_dtype_follows_the_cpu(engine_dtype):
     assert engine_dtype == (torch.bfloat16 if detect().supports_bf16 else torch.float32)
 
 
-def test_state_verbs(rollout_worker):
+def test_state_verbs(rollout_worker, prompt_ids):
     assert ray.get(rollout_worker.ready.remote()) is True
     assert isinstance(ray.get(rollout_worker.weight_version.remote()), int)
     from workers.device import detect
 
-    if not detect().is_gpu:
+    if not detect().is_gpu:  # sleep mode is GPU-only: on CPU the engine must keep serving as before
+        kw = dict(n=2, temperature=1.0, max_new_tokens=4, seed=5)
+        before = ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw))
         assert ray.get(rollout_worker.sleep.remote()) is False
+        assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
         assert ray.get(rollout_worker.wake_up.remote()) is False
+        assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
 
 
 def test_greedy_tokens_agree_with_transformers(rollout_worker, prompt_ids, hf_policy, tokenizer):

@@ -76,10 +76,22 @@ def _actor_group(ray_session, path, stage, workers, name="actor"):
 
 
 @pytest.fixture(scope="module")
-def actor_z2(ray_session, paths):
+def shared_z2(ray_session, paths, tmp_path_factory):
+    """A 2-rank ZeRO-2 actor shared by the module, and a checkpoint of its initial state."""
     group = _actor_group(ray_session, paths["policy"], stage=2, workers=2)
-    yield group
+    start = str(tmp_path_factory.mktemp("actor_z2") / "start")
+    group.run_all("save", start)
+    yield group, start
     group.kill()
+
+
+@pytest.fixture
+def actor_z2(shared_z2):
+    """The shared actor back at its initial weights and optimizer state, whatever ran
+    before (tests may run in any order or alone)."""
+    group, start = shared_z2
+    group.run_all("load", start)
+    return group
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +226,35 @@ def test_update_on_policy_equals_separate_logprob_pass(ray_session, paths, batch
             torch.testing.assert_close(w_fused[name], w_separate[name], atol=1e-6, rtol=0)
     finally:
         group.kill()
+
+
+def test_later_epochs_reshuffle_mini_batches(ray_session, paths, batch):
+    """2 epochs of 2 mini-batches == epoch 0 in rollout order, then the same rows in the
+    order `epoch_permutation` gives; and that order is not the rollout order (a missing
+    reshuffle makes the weights differ)."""
+    from workers.actor import ActorWorker
+    from workers.group import WorkerGroup
+
+    def group_of(epochs, name):
+        return WorkerGroup(ActorWorker, 1, num_cpus=CPUS, name=name, init_kwargs=dict(
+            model_path=paths["policy"], trainer_cfg=trainer_cfg(2), algo_cfg=AlgorithmSection(),
+            train_cfg=TrainSection(mini_batch_size=4, micro_batch_size=2, ppo_epochs=epochs), seed=0, dtype="fp32"))
+
+    two, one = group_of(2, "epochs2"), group_of(1, "epochs1")
+    try:
+        train_batch = _with_advantages(batch, one.run_split("compute_logprobs", batch, temperature=1.0))
+        two.gather(two.call_split("update", train_batch, temperature=1.0))
+        one.gather(one.call_split("update", train_batch, temperature=1.0))  # epoch 0: 2 optimizer steps
+        perm = one.run_all("epoch_permutation", batch.size, 1)[0]
+        assert sorted(perm.tolist()) == list(range(8)) and perm[:4].sort().values.tolist() not in ([0, 1, 2, 3],
+                                                                                                   [4, 5, 6, 7])
+        one.gather(one.call_split("update", train_batch.index(perm), temperature=1.0))
+        w_two, w_one = two.run_all("full_weights")[0], one.run_all("full_weights")[0]
+        for name in w_two:
+            torch.testing.assert_close(w_two[name], w_one[name], atol=1e-6, rtol=0)
+    finally:
+        two.kill()
+        one.kill()
 
 
 def test_share_cores_sets_the_workers_torch_threads(actor_z2, reference):
