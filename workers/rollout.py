@@ -44,12 +44,13 @@ class RolloutWorker:
         from vllm import LLM
 
         self.cfg = _section(cfg)
+        self.dtype = dev.rollout_dtype(self.cfg.dtype)  # "auto": bf16 only where native
         self.rank = rank
         self._version = 0
         t0 = time.perf_counter()
         self.llm = LLM(
             model=model_path,
-            dtype=self.cfg.dtype,
+            dtype=self.dtype,
             load_format="safetensors",  # never unpickle weights
             enforce_eager=self.cfg.enforce_eager,
             seed=seed + rank,
@@ -135,11 +136,14 @@ class RolloutWorker:
         return True
 
     def engine_info(self) -> dict:
-        """Where this engine runs and how many vLLM worker processes it has (sync setup)."""
+        """Where this engine runs, how many vLLM worker processes it has and its weights'
+        dtype (sync setup: the buckets travel in it)."""
         import ray
 
+        config = self.llm.llm_engine.vllm_config
         return {"node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
-                "num_engine_workers": self.llm.llm_engine.vllm_config.parallel_config.world_size,
+                "num_engine_workers": config.parallel_config.world_size,
+                "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
     def sleep(self) -> bool:
@@ -159,7 +163,7 @@ class RolloutWorker:
 
     def benchmark_reload(self, weights_path: str, repeats: int = 3) -> float:
         """Seconds of vLLM's in-place reload of in-memory weights (sync benchmark floor)."""
-        return self.llm.collective_rpc("rlhf_time_reload", args=(weights_path, self.cfg.dtype, repeats))[0]
+        return self.llm.collective_rpc("rlhf_time_reload", args=(weights_path, self.dtype, repeats))[0]
 
     # ---------------------------------------------------------------- weight sync (receive)
     def init_weight_receiver(self, spec: dict) -> list[int]:

@@ -1,7 +1,7 @@
 """Trainer -> rollout weight sync: bucketing, the sender and its transports.
 
 After each actor update the trainer's rank 0 holds full HF-named tensors (gathered
-from ZeRO shards by the caller). `WeightSender.send` casts them to the rollout dtype,
+from ZeRO shards by the caller). `WeightSender.send` casts them to the engines' dtype,
 packs them into flat byte buckets and moves each bucket to every rollout worker:
 
     shm            same node, CPU: the bucket is written once into a /dev/shm file, the
@@ -273,19 +273,20 @@ class _Receiver:
 class WeightSender:
     """Pushes full HF-named tensors from the trainer (actor rank 0) to rollout workers.
 
-        sender = WeightSender("auto", bucket_bytes=256 << 20, dtype="bfloat16")
+        sender = WeightSender("auto", bucket_bytes=256 << 20)  # dtype "auto": the engines'
         sender.connect(rollout_handles)            # once
         stats = sender.send(named_tensors, version)  # after every update
     """
 
-    def __init__(self, transport: str = "auto", bucket_bytes: int = 256 << 20, dtype: torch.dtype | str = "bfloat16"):
+    def __init__(self, transport: str = "auto", bucket_bytes: int = 256 << 20, dtype: torch.dtype | str = "auto"):
         if transport not in ("auto", *TRANSPORTS):
             raise ValueError(f"sync.transport: unknown transport {transport!r}; "
                              f"choose auto, {', '.join(TRANSPORTS)}")
         self.requested = transport
         self.transport_name: str | None = None
         self.bucket_bytes = int(bucket_bytes)
-        self.dtype = dtype_of(dtype)
+        self.requested_dtype = dtype  # "auto": the dtype the engines hold their weights in
+        self.dtype: torch.dtype | None = None if dtype == "auto" else dtype_of(dtype)
         self.receivers: list[_Receiver] = []
         self._transport = None
 
@@ -295,6 +296,11 @@ class WeightSender:
 
         self.close()
         infos = ray.get([h.engine_info.remote() for h in rollout_handles])
+        if self.requested_dtype == "auto":
+            dtypes = {info["dtype"] for info in infos}
+            if len(dtypes) != 1:
+                raise RuntimeError(f"weight sync: rollout engines disagree on their dtype: {sorted(dtypes)}")
+            self.dtype = dtype_of(dtypes.pop())
         name = self.requested
         if name == "auto":
             here = ray.get_runtime_context().get_node_id()

@@ -37,7 +37,7 @@ class ModelSection:
     reference: Optional[str] = None    # reference policy (default: the policy)
     critic: Optional[str] = None       # critic backbone init (default: reward_model if set, else policy)
     reward_model: Optional[str] = None # HF sequence-classification model scoring responses (optional)
-    dtype: str = "auto"                # trainer dtype: "auto" (bf16 where supported) | "bf16" | "fp32"
+    dtype: str = "auto"                # trainer dtype: "auto" (bf16 where native, else fp32) | "bf16" | "fp32"
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RolloutSection:
     max_new_tokens: int = 8            # response budget
     stop_token_ids: list[int] = field(default_factory=list)  # extra stop tokens besides EOS
     eval_temperature: float = 0.0      # 0: greedy evaluation
-    dtype: str = "bfloat16"            # engine dtype (weights are synced in this dtype)
+    dtype: str = "auto"                # engine dtype, weights synced in it: "auto" (bf16 where native, else fp32) | vLLM name
     memory_fraction: float = 0.3       # GPU: fraction of device memory; CPU: of host memory
     kv_cache_gib: float = 1.0          # CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
     enforce_eager: bool = True         # skip graph compilation (CPU: faster start, same speed)

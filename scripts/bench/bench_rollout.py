@@ -88,7 +88,11 @@ def run(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     prompt_ids = [tok.encode(p) for p in common.arithmetic_prompts(args.prompts)]
     sampling = sampling_kwargs(args)
-    cfg = RolloutSection(max_new_tokens=args.max_new_tokens, n=args.n)
+    from workers import device as dev
+
+    # The engine dtype resolved here ("auto": bf16 only on CPUs with native bf16) so the
+    # bare engine and the results name the dtype our engine runs in.
+    cfg = RolloutSection(max_new_tokens=args.max_new_tokens, n=args.n, dtype=dev.rollout_dtype("auto"))
     roof = common.matmul_flops()
 
     common.ray_like_pipeline()

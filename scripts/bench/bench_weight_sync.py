@@ -58,7 +58,9 @@ def bench_model(label: str, path: str, transports: list[str], repeats: int, buck
     from rlhf.config.schema import RolloutSection
     from workers.rollout import RolloutWorker
 
-    cfg = RolloutSection(memory_fraction=0.1, kv_cache_gib=1.0)
+    from workers import device as dev
+
+    cfg = RolloutSection(memory_fraction=0.1, kv_cache_gib=1.0, dtype=dev.rollout_dtype("auto"))
     t0 = time.perf_counter()
     worker = ray.remote(RolloutWorker).options(num_cpus=0.5).remote(path, cfg)
     ray.get(worker.ready.remote())

@@ -48,6 +48,26 @@ def rollout_worker(ray_session, policy_path):
     ray.kill(actor)
 
 
+# |vLLM - transformers| log-prob limits (mean, max) by engine dtype; the reference runs
+# in fp32. An fp32 engine agrees to rounding; a bf16 one within its arithmetic (on a
+# strongly perturbed tiny policy bf16 alone moved log-probs by up to ~1 nat: transformers'
+# own bf16 forward against its fp32 one, AVX2-only EPYC, mean 0.067, max 1.11).
+LOGPROB_LIMITS = {torch.float32: (1e-3, 1e-2), torch.bfloat16: (0.02, 0.25)}
+
+
+@pytest.fixture(scope="session")
+def engine_dtype(rollout_worker) -> torch.dtype:
+    """The dtype the session's engine holds its weights in ("auto": bf16 only where native)."""
+    import ray
+
+    return getattr(torch, ray.get(rollout_worker.engine_info.remote())["dtype"])
+
+
+@pytest.fixture(scope="session")
+def logprob_limits(engine_dtype) -> tuple[float, float]:
+    return LOGPROB_LIMITS[engine_dtype]
+
+
 def hf_response_logprobs(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
                          temperature: float = 1.0) -> list[list[float]]:
     """Trainer-side log-probs of `responses`, in the rlhf.batch layout: prompts
