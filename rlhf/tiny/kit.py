@@ -39,7 +39,7 @@ ARTIFACTS = {
 DETERMINISTIC_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1",
                      "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 # sha256 of the policy's weights as built on the reference machine (AMD EPYC, AVX2 only).
-REFERENCE_FINGERPRINT = None
+REFERENCE_FINGERPRINT = "eae7c3b9316eba9d0c5842a9caf2bff48f91e42718abea85aae93506741e3de2"
 
 
 def cache_root() -> Path:
