@@ -6,21 +6,22 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlhf.tiny import task
-
 PREFIX = "tiny:"
 # Everything that changes the artifacts; its hash names the cache folder.
 SPEC = {
-    "version": 1,
+    "version": 2,
     "seed": 1234,
-    "train_prompts": 6000,
+    "task": "two-digit addition with a carry",
+    "train_prompts": 3000,
     "eval_prompts": 512,
-    "warm_start_max_steps": 1500,
-    "warm_start_target_acc": 0.2,    # stop early: RL needs room to improve
+    "teacher_p_correct": 0.25,       # the warm start's teacher forgets the carry 75% of the time
+    "warm_start_steps": 1200,
     "warm_start_lr": 2e-3,
     "arch": "TinyArch()",
 }
@@ -30,8 +31,15 @@ ARTIFACTS = {
     "scorer": "models/scorer",          # sequence scorer backbone (reward model / critic init)
     "arith_train": "data/arith_train.jsonl",
     "arith_eval": "data/arith_eval.jsonl",
-    "arith_sft": "data/arith_sft.jsonl",  # prompt/response pairs for `rlhf sft`
+    "arith_sft": "data/arith_sft.jsonl",  # prompt/response pairs (right answers) for `rlhf sft`
 }
+# The same kernels on every x86 CPU: ATen's AVX2 code paths and MKL's AVX2 branch (its
+# "conditional numerical reproducibility" mode), one thread. Without these, AVX-512
+# machines round differently and train a different warm start from the same seed.
+DETERMINISTIC_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1",
+                     "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+# sha256 of the policy's weights as built on the reference machine (AMD EPYC, AVX2 only).
+REFERENCE_FINGERPRINT = "eae7c3b9316eba9d0c5842a9caf2bff48f91e42718abea85aae93506741e3de2"
 
 
 def cache_root() -> Path:
@@ -66,7 +74,8 @@ def _lock(path: Path):
 
 
 def build_all(root: Path | None = None, log=print) -> Path:
-    """Build every artifact into `root` atomically (a temp folder renamed at the end)."""
+    """Build every artifact into `root` atomically (a temp folder renamed at the end), in a
+    child process with the deterministic kernel settings above."""
     root = root or cache_root()
     with _lock(root.parent / f"{root.name}.lock"):
         if (root / "COMPLETE").exists():
@@ -75,49 +84,35 @@ def build_all(root: Path | None = None, log=print) -> Path:
         tmp = root.parent / f"{root.name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "data").mkdir(parents=True)
-        _build_into(tmp, log)
-        (tmp / "COMPLETE").write_text(json.dumps({"spec": SPEC, "seconds": round(time.time() - started, 1)}))
+        log(f"[tiny] building the tiny-model kit into {root} (about 2-4 minutes on 2 cores, once)")
+        subprocess.run([sys.executable, "-m", "rlhf.tiny.build", str(tmp)], check=True,
+                       env={**os.environ, **DETERMINISTIC_ENV})
+        info = json.loads((tmp / "models" / "policy" / "warm_start.json").read_text())
+        (tmp / "COMPLETE").write_text(json.dumps({"spec": SPEC, "seconds": round(time.time() - started, 1),
+                                                  "fingerprint": info["fingerprint"]}))
         shutil.rmtree(root, ignore_errors=True)
         tmp.rename(root)
         log(f"[tiny] built in {time.time() - started:.0f}s -> {root}")
+        log(_fingerprint_verdict(info["fingerprint"]))
     return root
 
 
-def _build_into(out: Path, log) -> None:
+def _fingerprint_verdict(fingerprint: str) -> str:
+    if REFERENCE_FINGERPRINT is None:
+        return f"[tiny] policy fingerprint {fingerprint[:16]}"
+    if fingerprint == REFERENCE_FINGERPRINT:
+        return f"[tiny] policy fingerprint {fingerprint[:16]}: identical to the reference build"
+    return (f"[tiny] policy fingerprint {fingerprint[:16]} differs from the reference build "
+            f"{REFERENCE_FINGERPRINT[:16]}: this CPU computes with other kernels despite {DETERMINISTIC_ENV}; "
+            "the recipes' figures in the README may differ slightly here")
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the parameters' bytes in name order (identical weights <=> same digest)."""
     import torch
 
-    from rlhf.tiny.models import build_policy, build_scorer, count_parameters, llama_config
-    from rlhf.tiny.tokenizer import save_hf_tokenizer, train_char_tokenizer
-    from rlhf.tiny.warmstart import greedy_accuracy, supervised_warm_start
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    seed = SPEC["seed"]
-    train_rows, eval_rows = task.make_splits(SPEC["train_prompts"], SPEC["eval_prompts"], seed=seed)
-    task.write_jsonl(train_rows, out / ARTIFACTS["arith_train"])
-    task.write_jsonl(eval_rows, out / ARTIFACTS["arith_eval"])
-    task.write_jsonl([{"prompt": r["prompt"], "response": r["label"]} for r in train_rows],
-                     out / ARTIFACTS["arith_sft"])
-
-    tok = train_char_tokenizer([r["prompt"] + r["label"] for r in train_rows[:2000]])
-    paths = {name: out / ARTIFACTS[name] for name in ("policy", "policy_init", "scorer")}
-    hf_tok = None
-    for path in paths.values():
-        hf_tok = save_hf_tokenizer(tok, path, model_max_length=512)
-    config = llama_config(len(hf_tok), hf_tok.pad_token_id, hf_tok.eos_token_id, hf_tok.bos_token_id)
-
-    policy = build_policy(config, seed)
-    policy.save_pretrained(paths["policy_init"])
-    build_scorer(llama_config(len(hf_tok), hf_tok.pad_token_id, hf_tok.eos_token_id, hf_tok.bos_token_id),
-                 seed + 2).save_pretrained(paths["scorer"])
-    # Held-out rows 256-511 decide when to stop; rows 0-255 (what RL evaluates on)
-    # stay unseen by this choice.
-    losses, acc = supervised_warm_start(
-        policy, hf_tok, train_rows, max_steps=SPEC["warm_start_max_steps"], lr=SPEC["warm_start_lr"],
-        seed=seed, stop_at_accuracy=SPEC["warm_start_target_acc"], probe_rows=eval_rows[256:512], probe_every=50)
-    acc = greedy_accuracy(policy, hf_tok, eval_rows[:256])
-    policy.generation_config.pad_token_id = hf_tok.pad_token_id
-    policy.save_pretrained(paths["policy"])
-    (out / "models" / "policy" / "warm_start.json").write_text(json.dumps(
-        {"params": count_parameters(policy), "final_loss": losses[-1], "greedy_exact_acc": acc}))
-    log(f"[tiny] policy {count_parameters(policy)/1e6:.2f}M params, warm start loss {losses[-1]:.3f}, "
-        f"greedy exact accuracy {acc:.1%}")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,9 +1,16 @@
-"""The tiny model's synthetic, verifiable task: integer addition.
+"""The tiny model's synthetic, verifiable task: two-digit addition with a carry.
 
-A prompt is "37+45=" and the answer is "82". Operands have 1-2 digits (at most
-10,000 distinct problems): a ~1M-parameter model learns it on a CPU in tens of
-seconds, so a warm start stopped early leaves RL a measurable gain to make.
-The verifier is `rewards.builtins.tiny_arithmetic`.
+A prompt is "37+45=" and the answer is "82". Every problem has two-digit operands whose
+units digits carry (3,645 distinct problems, one fixed format of 6 characters), so a
+~1M-parameter model learns the arithmetic on a CPU in about a minute.
+
+Why the warm start is taught by a *noisy teacher*: RL sharpens what sampling already
+finds. The teacher writes the right sum with probability `teacher_p_correct` and
+otherwise the sum with the carry forgotten ("37+45=" -> "72"). The warm-started policy
+copies that mixture: greedy decoding gives the more likely, carry-less answer (low
+pass@1), while a few samples at temperature 1 contain the right one (high pass@8).
+The reward (`rewards.builtins.tiny_arithmetic`) then has something to select, and RL
+visibly moves greedy accuracy from below 20% to most answers right within minutes.
 """
 from __future__ import annotations
 
@@ -12,17 +19,27 @@ import random
 from pathlib import Path
 
 
-def all_problems(max_digits: int = 2) -> list[dict]:
-    """Every a+b with operands below 10**max_digits, in a fixed order."""
-    top = 10 ** max_digits
-    return [{"prompt": f"{a}+{b}=", "label": str(a + b)} for a in range(top) for b in range(top)]
+def carry_problems() -> list[dict]:
+    """Every a+b with 10 <= a, b <= 99 whose units digits carry, in a fixed order."""
+    return [{"prompt": f"{a}+{b}=", "label": str(a + b)}
+            for a in range(10, 100) for b in range(10, 100) if a % 10 + b % 10 >= 10]
 
 
-def make_splits(n_train: int, n_eval: int, seed: int, max_digits: int = 2) -> tuple[list[dict], list[dict]]:
+def forgot_carry(prompt: str) -> str:
+    """The teacher's slip: digit-wise sums mod 10, no carries ("37+45=" -> "72")."""
+    a, b = (int(x) for x in prompt.rstrip("=").split("+"))
+    out, place = 0, 1
+    while a or b:
+        out += (a % 10 + b % 10) % 10 * place
+        a, b, place = a // 10, b // 10, place * 10
+    return str(out)
+
+
+def make_splits(n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Disjoint train and held-out splits, drawn uniformly without replacement."""
-    problems = all_problems(max_digits)
+    problems = carry_problems()
     if n_train + n_eval > len(problems):
-        raise ValueError(f"only {len(problems)} distinct problems with {max_digits}-digit operands")
+        raise ValueError(f"only {len(problems)} distinct problems; asked for {n_train} + {n_eval}")
     random.Random(seed).shuffle(problems)
     return problems[n_eval: n_eval + n_train], problems[:n_eval]
 

@@ -1,24 +1,30 @@
-"""Short supervised warm start of the tiny policy on the arithmetic task.
+"""Supervised warm start of the tiny policy from a noisy teacher (see rlhf/tiny/task.py).
 
-Stopped early on purpose: the warm-started model gets some sums right and many
-nearly right, which leaves RL a measurable gain to make (see README).
+A fixed number of steps with a cosine learning-rate decay, no early stop on accuracy:
+the same steps on every CPU, so the build does not depend on where an accuracy
+threshold happens to be crossed.
 """
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
+from rlhf.tiny.task import forgot_carry
 
 
-def encode_examples(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
-    """(prompt + answer + EOS token ids, prompt length) per row."""
-    out = []
-    for row in rows:
-        prompt = tokenizer.encode(row["prompt"], add_special_tokens=False)
-        answer = tokenizer.encode(row["label"], add_special_tokens=False)
-        out.append((prompt + answer + [tokenizer.eos_token_id], len(prompt)))
-    return out
+def teacher_answer(row: dict, rng: random.Random, p_correct: float) -> str:
+    """The noisy teacher: the right sum with probability p_correct, else the carry-less one."""
+    return row["label"] if rng.random() < p_correct else forgot_carry(row["prompt"])
+
+
+def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
+    """(prompt + answer + EOS token ids, prompt length)."""
+    ids = tokenizer.encode(prompt, add_special_tokens=False)
+    return ids + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id], len(ids)
 
 
 def collate(examples, pad_id: int):
@@ -32,20 +38,21 @@ def collate(examples, pad_id: int):
     return ids, labels, (ids != pad_id).long()
 
 
-def supervised_warm_start(model, tokenizer, rows: list[dict], *, max_steps: int, batch_size: int = 64,
-                          lr: float = 2e-3, seed: int = 0, stop_at_accuracy: float | None = None,
-                          probe_rows: list[dict] | None = None, probe_every: int = 25, log=None):
-    """Train `model` in place until greedy accuracy on `probe_rows` reaches
-    `stop_at_accuracy` (checked every `probe_every` steps) or `max_steps`.
-    Returns (loss curve, last probed accuracy)."""
+def supervised_warm_start(model, tokenizer, rows: list[dict], *, steps: int, p_correct: float,
+                          batch_size: int = 64, lr: float = 2e-3, warmup: int = 20, seed: int = 0,
+                          progress: bool = True) -> list[float]:
+    """Train `model` in place for `steps` AdamW steps on teacher answers; returns the losses.
+    Learning rate: linear warm-up, then cosine decay to 10% (a stable end point)."""
     rng = random.Random(seed)
-    examples = encode_examples(tokenizer, rows)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    shape = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, shape)
     model.train()
-    losses, acc = [], 0.0
-    for step in range(1, max_steps + 1):
-        ids, labels, mask = collate(rng.sample(examples, batch_size), tokenizer.pad_token_id)
+    losses = []
+    bar = tqdm(range(steps), desc="[tiny] warm start", unit="step", disable=not progress, mininterval=2.0)
+    for _ in bar:
+        batch = [encode(tokenizer, r["prompt"], teacher_answer(r, rng, p_correct)) for r in rng.sample(rows, batch_size)]
+        ids, labels, mask = collate(batch, tokenizer.pad_token_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
@@ -54,24 +61,34 @@ def supervised_warm_start(model, tokenizer, rows: list[dict], *, max_steps: int,
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if stop_at_accuracy is not None and step % probe_every == 0:
-            model.eval()
-            acc = greedy_accuracy(model, tokenizer, probe_rows)
-            model.train()
-            if log:
-                log(step, loss.item(), acc)
-            if acc >= stop_at_accuracy:
-                break
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
-    return losses, acc
+    return losses
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 6) -> float:
-    """Fraction of rows whose greedy answer is exactly right (HF generate)."""
+def answers(model, tokenizer, prompts: list[str], *, samples: int = 1, seed: int = 0,
+            max_new_tokens: int = 5) -> list[str]:
+    """Greedy answers (samples=1 with seed None) or `samples` answers per prompt at temperature 1."""
     tokenizer.padding_side = "left"
-    batch = tokenizer([r["prompt"] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sample = seed is not None
+    if sample:
+        torch.manual_seed(seed)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=samples,
+                         temperature=1.0 if sample else None, top_k=0 if sample else None, top_p=1.0 if sample else None,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return sum(t.strip() == r["label"] for t, r in zip(texts, rows)) / len(rows)
+    return [t.strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+
+
+def pass_rates(model, tokenizer, rows: list[dict], k: int = 8, seed: int = 0) -> dict:
+    """Greedy exact answers (pass@1 as evaluated by RL runs), and, sampling k answers per
+    prompt at temperature 1, the mean exact rate and pass@k (any of the k right)."""
+    prompts, labels = [r["prompt"] for r in rows], [r["label"] for r in rows]
+    greedy = answers(model, tokenizer, prompts, seed=None)
+    sampled = answers(model, tokenizer, prompts, samples=k, seed=seed)
+    right = [[sampled[i * k + j] == labels[i] for j in range(k)] for i in range(len(rows))]
+    return {"greedy_pass@1": sum(g == y for g, y in zip(greedy, labels)) / len(rows),
+            "sampled_pass@1": sum(map(sum, right)) / (k * len(rows)),
+            f"pass@{k}": sum(map(any, right)) / len(rows),
+            "greedy_forgot_carry": sum(g == forgot_carry(r["prompt"]) for g, r in zip(greedy, rows)) / len(rows)}
