@@ -20,7 +20,8 @@ in TRL's own venv (bench_e2e.trl_venv(), made on first use, ~2 minutes): a callb
 runs greedy HF generate on the same prompts and counts reward >= 1. Reported per side:
 mean and min-max over seeds of held-out exact answers at each evaluation, against
 samples seen (steps x prompts x n) and training seconds (evaluation and start-up
-excluded), and the ratio ours / TRL; JSON in scripts/bench/results/learning.json.
+excluded), and the ratio ours / TRL; JSON in scripts/bench/results/learning-<recipe>.json. `--sides ours` measures any recipe
+(e.g. PPO with a critic) over seeds, without the TRL comparison.
 
     .venv/bin/python scripts/bench/bench_learning.py [--recipe recipes/grpo_tiny.yaml]
         [--seeds 1,2,3] [--steps N (default: run.total_steps)] [--eval-every K (default: run.eval_every)]
@@ -142,12 +143,17 @@ def run_ours(recipe: Path, overrides: list[str], seed: int, steps: int, eval_eve
     wall = _run_logged(cmd, work / "log.txt")
     records = read_metrics(run_dir)
     step_seconds = {r["step"]: r.get("timing/step", 0.0) for r in records}
-    evals = []
+    train_reward = {r["step"]: r["rollout/reward_mean"] for r in records if "rollout/reward_mean" in r}
+    evals, previous = [], 0
     for r in records:
         if "eval/pass_rate" in r:
             trained = sum(sec for step, sec in step_seconds.items() if step <= r["step"])
+            # training reward: mean of rollout/reward_mean over the steps since the previous evaluation
+            window = [v for step, v in train_reward.items() if previous < step <= r["step"]]
             evals.append({"step": r["step"], "train_seconds": trained, "pass_rate": r["eval/pass_rate"],
-                          "reward_mean": r["eval/reward_mean"]})
+                          "reward_mean": r["eval/reward_mean"],
+                          "train_reward": statistics.mean(window) if window else None})
+            previous = r["step"]
     return {"evals": evals, "wall_seconds": wall}
 
 
@@ -208,7 +214,8 @@ def summarize(runs: dict[int, dict], samples_per_step: int) -> list[dict]:
         rows.append({"step": step, "samples": step * samples_per_step, "seeds": len(at),
                      "mean": statistics.mean(rates), "min": min(rates), "max": max(rates),
                      "std": statistics.stdev(rates) if len(rates) > 1 else 0.0,
-                     "train_seconds": statistics.mean(e["train_seconds"] for e in at)})
+                     "train_seconds": statistics.mean(e["train_seconds"] for e in at),
+                     "train_reward": _mean_or_none([e.get("train_reward") for e in at])})
     return rows
 
 
@@ -226,13 +233,19 @@ def report(result: dict) -> str:
         t = by_step.get(step)
         rows.append([step, step * st["samples_per_step"], _cell(o), _cell(t),
                      o["mean"] / t["mean"] if o and t and t["mean"] else float("nan"),
+                     o["train_reward"] if o and o.get("train_reward") is not None else float("nan"),
                      o["train_seconds"] if o else float("nan"), t["train_seconds"] if t else float("nan")])
-    lines.append(common.format_table(["step", "samples", "ours", "TRL", "ours / TRL", "ours train s", "TRL train s"],
-                                     rows))
+    lines.append(common.format_table(["step", "samples", "ours", "TRL", "ours / TRL", "ours train reward",
+                                      "ours train s", "TRL train s"], rows))
     if ours and trl:
         lines.append(f"final (step {ours[-1]['step']}): ours {_cell(ours[-1])}, TRL {_cell(trl[-1])}, "
                      f"ours / TRL {result['final_ratio']:.2f}")
     return "\n".join(lines)
+
+
+def _mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
 
 
 def _cell(row: dict | None) -> str:
@@ -252,10 +265,11 @@ def run(args) -> dict:
     recipe = args.recipe.resolve()
     overrides = [*args.override, f"data.eval_size={args.eval_size}"]
     cfg = load_recipe(recipe, overrides)
-    check_comparable(cfg)
+    sides = args.sides.split(",")
+    if "trl" in sides:  # ours alone (e.g. PPO with a critic) needs no TRL counterpart
+        check_comparable(cfg)
     steps = args.steps or cfg.run.total_steps
     eval_every = args.eval_every if args.eval_every is not None else cfg.run.eval_every
-    sides = args.sides.split(",")
     if set(sides) - {"ours", "trl"}:
         raise BenchError(f"--sides takes ours and/or trl, got {args.sides!r}")
     if steps < 1 or eval_every < 0 or args.eval_size < 1 or not args.seeds:
@@ -322,7 +336,7 @@ def main() -> int:
     except RunFailed as err:
         print(f"bench_learning: {err}", file=sys.stderr)
         return 1
-    common.save_result("learning", result, args.out_dir)
+    common.save_result(f"learning-{args.recipe.stem}", result, args.out_dir)
     print(report(result))
     return 0
 
