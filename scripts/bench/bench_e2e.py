@@ -39,17 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
+from workers import device as dev  # noqa: E402 (common puts the repo root on sys.path)
 
 HERE = Path(__file__).resolve().parent
 TRL_VERSION = "1.16.0"
 # The CPU torch wheel comes from pip's find-links; httpx, tenacity and pebble are what the
 # project's rewards package (imported by trl_learning.py) needs.
 TRL_PACKAGES = ["torch==2.13.0+cpu", f"trl=={TRL_VERSION}", "httpx==0.29.0", "tenacity==9.2.1", "pebble==5.2.3"]
-# TRL's fastest setting here: bf16 autocast over fp32 weights (`bf16=True`, as our
-# DeepSpeed bf16 keeps fp32 master weights) and no gradient checkpointing (GRPOConfig
-# turns it on by default; it recomputes the forward). The other settings tried
-# (--sides trl_bf16_weights,...) were no faster; see BENCHMARKS.md.
-TRL_SETTING = {"bf16": True, "weights_dtype": "float32", "gradient_checkpointing": False}
+# TRL's fastest setting: on a CPU with native bf16, bf16 autocast over fp32 weights
+# (`bf16=True`, as our DeepSpeed bf16 keeps fp32 master weights); elsewhere fp32 (bf16 is
+# emulated and ~400x slower on AVX2, ENVIRONMENT.md), as our "auto" dtypes choose. No
+# gradient checkpointing (GRPOConfig turns it on by default; it recomputes the forward).
+# The other settings tried (--sides trl_bf16_weights,...) were no faster; see BENCHMARKS.md.
+TRL_SETTING = {"bf16": dev.detect().supports_bf16, "weights_dtype": "float32", "gradient_checkpointing": False}
 
 
 @dataclass
