@@ -53,14 +53,9 @@ class RolloutWorker:
             model=model_path,
             dtype=self.dtype,
             load_format="safetensors",  # never unpickle weights
-<<<<<<< HEAD
-            enforce_eager=self.cfg.enforce_eager,
-            seed=seed,  # only unseeded requests draw from it; the controller seeds every request
-=======
             enforce_eager=dev.enforce_eager(self.cfg.enforce_eager),
             tensor_parallel_size=self.cfg.tensor_parallel_size,
-            seed=seed + rank,
->>>>>>> acb4fe6 (GPU path: devices decided by each worker; config-only Ray GPU asks; transport by physical GPU; reward.num_gpus, rollout.tensor_parallel_size, per-device enforce_eager; PPO GSM8K recipe counts to 4 GPUs)
+            seed=seed,  # only unseeded requests draw from it; the controller seeds every request
             logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION,
             disable_log_stats=True,
