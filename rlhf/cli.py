@@ -89,11 +89,9 @@ def connect_ray(cfg) -> bool:
     """Join cluster.address / $RAY_ADDRESS if given, else start a local Ray. True if started here."""
     import ray
 
-    from workers.device import setup_process_env
-
-    setup_process_env()
-    env_vars = {k: os.environ[k] for k in ("DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES", "RLHF_CACHE_DIR",
-                                           "RLHF_DEVICE") if k in os.environ}
+    # Devices are each worker's own business (workers.device, after Ray placed it): the
+    # driver, often a CPU-only head node, never ships its device variables.
+    env_vars = {k: os.environ[k] for k in ("RLHF_CACHE_DIR", "RLHF_DEVICE") if k in os.environ}
     env_vars["TOKENIZERS_PARALLELISM"] = "false"
     if cfg.cluster.torch_threads:
         env_vars["OMP_NUM_THREADS"] = str(cfg.cluster.torch_threads)

@@ -25,7 +25,6 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 from rlhf.config.schema import RunConfig
 from rlhf.metrics import progress, say
 from rlhf.errors import RunError
-from workers import device as dev
 
 
 class ClusterResourceError(RunError):
@@ -40,9 +39,10 @@ class RoleRequest:
     num_gpus: float
     resources: dict = field(default_factory=dict)  # custom Ray resources per rank (cluster.role_resources)
 
-    def bundle(self, gpu: bool) -> dict:
-        """Ray resources of one rank: its placement-group bundle."""
-        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus if gpu else 0.0, **self.resources}
+    def bundle(self) -> dict:
+        """Ray resources of one rank: its placement-group bundle (the config's, whatever
+        the driver runs on)."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
         return {k: v for k, v in wanted.items() if v}
 
 
@@ -53,7 +53,7 @@ def role_requests(cfg: RunConfig) -> list[RoleRequest]:
     if cfg.algorithm.uses_critic:
         reqs.append(RoleRequest("critic", cfg.critic.num_workers, cfg.critic.num_cpus, cfg.critic.num_gpus))
     if cfg.model.reward_model:
-        reqs.append(RoleRequest("reward_model", 1, cfg.reward.num_cpus, 0.0))
+        reqs.append(RoleRequest("reward_model", 1, cfg.reward.num_cpus, cfg.reward.num_gpus))
     return reqs
 
 
@@ -66,7 +66,7 @@ def with_role_resources(cfg, reqs: list[RoleRequest]) -> list[RoleRequest]:
 def check_cluster(reqs: list[RoleRequest]) -> None:
     """Fail fast when the cluster cannot host the requested roles."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    problems = resource_problems(reqs, nodes, dev.detect().is_gpu)
+    problems = resource_problems(reqs, nodes)
     if problems:
         raise ClusterResourceError(
             "the cluster cannot host the roles:\n  " + "\n  ".join(problems) + "\nLower <role>.num_cpus / "
@@ -74,14 +74,14 @@ def check_cluster(reqs: list[RoleRequest]) -> None:
             "(`ray start --num-cpus N --resources '{\"name\": N}'`); see `ray status`")
 
 
-def resource_problems(reqs: list[RoleRequest], nodes: list[dict], gpu: bool) -> list[str]:
+def resource_problems(reqs: list[RoleRequest], nodes: list[dict]) -> list[str]:
     """What the cluster (one resource dict per alive node) lacks, one line per problem.
 
     Two checks: each resource's total over all ranks against the cluster's total, and
     each rank's bundle against single nodes (a bundle never spans nodes)."""
     problems, need, users, short = [], {}, {}, set()
     for r in reqs:
-        for name, amount in r.bundle(gpu).items():
+        for name, amount in r.bundle().items():
             need[name] = need.get(name, 0.0) + r.count * amount
             users.setdefault(name, []).append(f"{r.role} {r.count} x {amount:g}")
     for name, amount in need.items():
@@ -91,7 +91,7 @@ def resource_problems(reqs: list[RoleRequest], nodes: list[dict], gpu: bool) -> 
             problems.append(f"resource {name!r}: the roles need {amount:g} ({', '.join(users[name])}), "
                             f"the cluster has {have:g}")
     for r in reqs:
-        bundle = r.bundle(gpu)
+        bundle = r.bundle()
         if not any(all(node.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items()) for node in nodes):
             missing = [k for k, v in bundle.items() if not any(node.get(k, 0.0) + 1e-9 >= v for node in nodes)]
             if missing and set(missing) <= short:
@@ -157,12 +157,11 @@ def core_sharers(busy: dict[str, list[str]]) -> dict[str, list[int]]:
 def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 120.0) -> Placement:
     reqs = with_role_resources(cfg, reqs)
     check_cluster(reqs)
-    gpu = dev.detect().is_gpu
     placement = Placement()
     if cfg.cluster.placement == "colocated":
         bundles, slots, index = [], {}, 0
         for req in reqs:
-            bundles += [req.bundle(gpu)] * req.count
+            bundles += [req.bundle()] * req.count
             slots[req.role] = list(range(index, index + req.count))
             index += req.count
         pg = placement_group(bundles, strategy="PACK", name="rlhf-colocated")
@@ -171,7 +170,7 @@ def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 1
         placement.slots = {role: (pg, idx) for role, idx in slots.items()}
     else:
         for req in reqs:
-            pg = placement_group([req.bundle(gpu)] * req.count, strategy="PACK", name=f"rlhf-{req.role}")
+            pg = placement_group([req.bundle()] * req.count, strategy="PACK", name=f"rlhf-{req.role}")
             _wait(pg, f"placement group of role {req.role}", timeout_s)
             placement.groups.append(pg)
             placement.slots[req.role] = (pg, list(range(req.count)))
@@ -229,7 +228,7 @@ class PPORoles:
                                          micro_batch_size=cfg.train.micro_batch_size)
             if paths["reward_model"]:
                 self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, bar, workers=1,
-                                                num_gpus=0.0, model_path=paths["reward_model"],
+                                                model_path=paths["reward_model"],
                                                 normalize=cfg.reward.model_normalize,
                                                 micro_batch_size=cfg.train.micro_batch_size)
             bar.set_postfix_str("connecting actor and rollout for weight sync")
@@ -239,7 +238,7 @@ class PPORoles:
         say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
 
     def _group(self, role: str, worker_cls: type, section, bar, *, workers: int | None = None,
-               num_gpus: float | None = None, distributed: bool = True, **init_kwargs):
+               distributed: bool = True, **init_kwargs):
         """One role's WorkerGroup in its placement slots (one step of the start-up bar);
         its calls time out after run.call_timeout_s (a longer call counts as hung)."""
         from workers.group import WorkerGroup
@@ -247,7 +246,7 @@ class PPORoles:
         bar.set_postfix_str(f"loading {role}")
         pg, idx = self.placement.of(role)
         group = WorkerGroup(worker_cls, workers or section.num_workers, num_cpus=section.num_cpus,
-                            num_gpus=section.num_gpus if num_gpus is None else num_gpus, placement_group=pg,
+                            num_gpus=section.num_gpus, placement_group=pg,
                             bundle_indices=idx, name=role, init_kwargs=init_kwargs, distributed=distributed)
         group.call_timeout_s = self.cfg.run.call_timeout_s or None
         bar.update()
@@ -258,14 +257,15 @@ class PPORoles:
         return [g for g in (getattr(self, name) for name in ROLE_NAMES) if g is not None]
 
     def share_cores(self, *groups) -> None:
-        """CPU with cluster.torch_threads=0: the groups busy in the next phase split their
+        """CPU roles (num_gpus 0) with cluster.torch_threads=0: the groups busy in the next phase split their
         nodes' cores into torch threads (None entries are skipped). Ray starts a worker
         that asks for less than one CPU with one thread; a role running alone is ~1.9x
         faster on 2 cores with both (BENCHMARKS.md). Calls to an actor run in order, so
         no wait is needed."""
-        if self.cfg.cluster.torch_threads or dev.detect().is_gpu:
+        if self.cfg.cluster.torch_threads:
             return
-        busy = [g for g in groups if g is not None]
+        on_gpu = {r.role for r in role_requests(self.cfg) if r.num_gpus}
+        busy = [g for g in groups if g is not None and g.role not in on_gpu]
         sharers = core_sharers({g.role: self.rank_nodes[g.role] for g in busy})
         for group in busy:
             for actor, count in zip(group.actors, sharers[group.role]):

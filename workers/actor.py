@@ -130,7 +130,7 @@ class ActorWorker(DeepSpeedTrainer):
         from workers.weight_sync import WeightSender
 
         self.sender = WeightSender(transport, bucket_bytes, dtype)
-        return self.sender.connect(rollout_handles)
+        return self.sender.connect(rollout_handles, self.device)
 
     def shutdown(self) -> bool:
         if getattr(self, "sender", None) is not None:

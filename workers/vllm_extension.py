@@ -42,6 +42,13 @@ class WeightReceiverExtension:
         self._rlhf_store = store
         return rank
 
+    def rlhf_device(self) -> dict:
+        """The device this vLLM worker process holds its weights on: kind and physical GPU
+        (the node is its RolloutWorker's: vLLM's worker processes run beside it)."""
+        if self.device.type != "cuda":
+            return {"kind": "cpu", "gpu": None}
+        return {"kind": "cuda", "gpu": dev.physical_gpu(self.device.index)}
+
     def rlhf_load_bucket(self, meta: dict) -> int:
         """Receive bucket `meta["index"]` and load it; bucket 0 opens the update session."""
         from vllm.config import set_current_vllm_config
@@ -113,14 +120,19 @@ class WeightReceiverExtension:
         if transport == "process_group":
             import torch.distributed as dist
 
-            flat = dev.comm_buffer(meta["nbytes"], local_index=self.local_rank)
+            flat = dev.comm_buffer(meta["nbytes"], local_index=self._rlhf_device_index())
             opts = dist.BroadcastOptions()
             opts.rootRank = 0
             self._rlhf_group.broadcast([flat], opts).wait()
             return flat
         if transport == "cuda_ipc":  # UNTESTED (no GPU here)
-            return dev.open_ipc_handle(meta["ipc_handle"], self.local_rank)
+            return dev.open_ipc_handle(meta["ipc_handle"], self._rlhf_device_index())
         raise ValueError(f"unknown weight-sync transport {transport!r}")
+
+    def _rlhf_device_index(self) -> int:
+        """This process's index of its GPU (vLLM's, not the local rank: indices are relabelled
+        by the visible devices); 0 on CPU."""
+        return self.device.index or 0
 
     def _rlhf_close_group(self) -> None:
         self._rlhf_group = None

@@ -290,8 +290,9 @@ class WeightSender:
         self.receivers: list[_Receiver] = []
         self._transport = None
 
-    def connect(self, rollout_handles: list) -> str:
-        """Set the transport up with these RolloutWorker actors; returns its name."""
+    def connect(self, rollout_handles: list, device: torch.device | None = None) -> str:
+        """Set the transport up with these RolloutWorker actors; returns its name.
+        `device`: where the sent weights live (default: this process's device)."""
         import ray
 
         self.close()
@@ -304,8 +305,8 @@ class WeightSender:
         name = self.requested
         if name == "auto":
             here = ray.get_runtime_context().get_node_id()
-            same = all(info["node_id"] == here for info in infos)
-            name = dev.detect().same_node_transport if same else "process_group"
+            sender = dev.device_report(here, device if device is not None else dev.detect().torch_device())
+            name = dev.choose_transport(sender, [dev.DeviceReport(**d) for info in infos for d in info["devices"]])
         offsets, world = [], 1
         for info in infos:
             offsets.append(world)

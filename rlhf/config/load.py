@@ -109,6 +109,7 @@ def validate(cfg: RunConfig) -> None:
     _check_batch_arithmetic(cfg)
     _check_ranges(cfg)
     _check_rewards(cfg)
+    _check_gpus(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
 
 
@@ -188,6 +189,15 @@ def _check_rewards(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'reward.functions[{i}]': name and fn must be non-empty (got {f.name!r}, {f.fn!r})")
         if f.name in names[:i]:
             raise ConfigError(f"config key 'reward.functions[{i}].name': {f.name!r} is used twice; names must be unique")
+
+
+def _check_gpus(cfg: RunConfig) -> None:
+    """An engine whose GPUs differ from its tensor-parallel ranks (vLLM runs one rank per
+    GPU of the engine's worker)."""
+    tp, gpus = cfg.rollout.tensor_parallel_size, cfg.rollout.num_gpus
+    if (tp > 1 or gpus > 1) and gpus != tp:
+        raise ConfigError(f"config key 'rollout.tensor_parallel_size' ({tp}) must equal rollout.num_gpus ({gpus:g}) "
+                          f"when either is above 1: each tensor-parallel rank of an engine needs one GPU")
 
 
 # ---------------------------------------------------------------- sft / rm stages

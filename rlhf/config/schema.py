@@ -70,7 +70,8 @@ class RolloutSection:
     dtype: str = "auto"                # engine dtype, weights synced in it: "auto" (bf16 where native, else fp32) | vLLM name
     memory_fraction: float = in_range(0.3, 0, 1, low_open=True)  # GPU: fraction of device memory; CPU: of host memory
     kv_cache_gib: float = positive(1.0)  # CPU: KV-cache size (VLLM_CPU_KVCACHE_SPACE)
-    enforce_eager: bool = True         # skip graph compilation (CPU: faster start, same speed)
+    enforce_eager: Optional[bool] = None  # None: per device (CPU eager: faster start, same speed; GPU: CUDA graphs)
+    tensor_parallel_size: int = positive(1)  # GPUs each engine shards its model over (rollout.num_gpus must equal it)
     num_cpus: float = positive(0.5)    # Ray CPUs per engine
     num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
     sleep_between_steps: bool = False  # GPU colocated: free KV cache while training (vLLM sleep mode)
@@ -184,11 +185,12 @@ class RewardSection:
     on_error: str = one_of("fail", "score")  # "fail" | "score" (use error_score, count in reward/errors)
     error_score: float = 0.0
     num_cpus: float = positive(0.25)   # Ray CPUs of the reward-model worker
+    num_gpus: float = non_negative(0.0)  # Ray GPUs of the reward-model worker
 
 
 @dataclass
 class SyncSection:
-    transport: str = one_of("auto", "shm", "process_group")  # "auto": same node shm / CUDA IPC, else process_group
+    transport: str = one_of("auto", "shm", "process_group")  # "auto": CUDA IPC on one physical GPU, shm with a CPU side on one node, else process_group
     bucket_mb: int = positive(256)     # flat bucket size
 
 

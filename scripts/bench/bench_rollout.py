@@ -58,7 +58,7 @@ def start_bare_engine(path: str, cfg):
     from workers import device as dev
 
     t0 = time.perf_counter()
-    llm = LLM(model=path, dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, seed=1, disable_log_stats=True,
+    llm = LLM(model=path, dtype=cfg.dtype, enforce_eager=dev.enforce_eager(cfg.enforce_eager), seed=1, disable_log_stats=True,
               **dev.vllm_memory_kwargs(cfg.memory_fraction, cfg.kv_cache_gib))
     return llm, time.perf_counter() - t0
 
@@ -117,7 +117,7 @@ def run(args) -> dict:
 
     result = {"model": {"path": path, "params": params, "arch": "Qwen2ForCausalLM"},
               "settings": {"prompts": args.prompts, **sampling, "sequences": args.prompts * args.n,
-                           "dtype": cfg.dtype, "enforce_eager": cfg.enforce_eager,
+                           "dtype": cfg.dtype, "enforce_eager": dev.enforce_eager(cfg.enforce_eager),
                            "rollout_num_cpus": cfg.num_cpus},
               "bf16_matmul_flops": roof, "engine_start_seconds": {"ours": ours_start, "bare": bare_start},
               "runs": runs, "weight_sync": sync_rows}

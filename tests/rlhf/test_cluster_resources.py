@@ -17,8 +17,8 @@ def test_role_resources_load_and_reach_the_requests():
     cfg = load_config(RECIPES / "ppo_tiny.yaml", SPLIT)
     assert cfg.cluster.role_resources == {"rollout": {"rlhf_worker": 1.0}, "actor": {"rlhf_head": 1.0}}
     reqs = with_role_resources(cfg, [RoleRequest("rollout", 1, 0.5, 0.0), RoleRequest("critic", 1, 0.5, 0.0)])
-    assert reqs[0].bundle(gpu=False) == {"CPU": 0.5, "rlhf_worker": 1.0}
-    assert reqs[1].bundle(gpu=False) == {"CPU": 0.5}
+    assert reqs[0].bundle() == {"CPU": 0.5, "rlhf_worker": 1.0}
+    assert reqs[1].bundle() == {"CPU": 0.5}
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -47,27 +47,36 @@ WORKER = {"CPU": 2.0, "memory": 1e9, "rlhf_worker": 8.0}
 
 def test_a_cluster_that_fits_has_no_problems():
     reqs = [RoleRequest("rollout", 1, 0.5, 0.0, {"rlhf_worker": 1}), RoleRequest("actor", 2, 0.5, 1.0)]
-    assert resource_problems(reqs, [HEAD, WORKER], gpu=False) == []  # GPUs ignored on CPU
+    assert resource_problems(reqs, [HEAD, {**WORKER, "GPU": 2.0}]) == []
+
+
+def test_gpu_asks_are_checked_whatever_the_driver_runs_on():
+    # The config's GPUs are asked for as written: a cluster without GPUs cannot host them
+    # (before, a CPU-only driver silently turned them into 0 and the run landed on CPU).
+    reqs = [RoleRequest("actor", 2, 0.5, 1.0)]
+    assert reqs[0].bundle() == {"CPU": 0.5, "GPU": 1.0}
+    assert resource_problems(reqs, [HEAD, WORKER]) == [
+        "resource 'GPU': the roles need 2 (actor 2 x 1), the cluster has 0"]
 
 
 def test_missing_custom_resource_names_role_and_resource():
-    problems = resource_problems([RoleRequest("rollout", 2, 0.5, 0.0, {"gpu_node": 1})], [HEAD, WORKER], gpu=False)
+    problems = resource_problems([RoleRequest("rollout", 2, 0.5, 0.0, {"gpu_node": 1})], [HEAD, WORKER])
     assert problems == ["resource 'gpu_node': the roles need 2 (rollout 2 x 1), the cluster has 0"]
 
 
 def test_rank_that_fits_no_single_node():
     # 3 CPUs in all, but no node has 2.5: a bundle never spans nodes
-    problems = resource_problems([RoleRequest("actor", 1, 2.5, 0.0)], [HEAD, WORKER], gpu=False)
+    problems = resource_problems([RoleRequest("actor", 1, 2.5, 0.0)], [HEAD, WORKER])
     assert problems == ["role 'actor': one rank needs {CPU: 2.5}; no node has enough 'CPU'"]
     # each resource exists, but not together on one node
     problems = resource_problems([RoleRequest("rollout", 1, 0.5, 0.0, {"rlhf_head": 1, "rlhf_worker": 1})],
-                                 [HEAD, WORKER], gpu=False)
+                                 [HEAD, WORKER])
     assert problems == ["role 'rollout': one rank needs {CPU: 0.5, rlhf_head: 1, rlhf_worker: 1}; "
                         "no single node has all of it"]
 
 
 def test_cpu_total_shortage():
-    problems = resource_problems([RoleRequest("actor", 3, 2.0, 0.0)], [HEAD, WORKER], gpu=False)
+    problems = resource_problems([RoleRequest("actor", 3, 2.0, 0.0)], [HEAD, WORKER])
     assert problems == ["resource 'CPU': the roles need 6 (actor 3 x 2), the cluster has 4"]
 
 

@@ -186,3 +186,16 @@ def test_version_must_increase(rollout_worker):
     v = ray.get(rollout_worker.weight_version.remote())
     with pytest.raises(ray.exceptions.RayTaskError, match="must increase"):
         ray.get(rollout_worker.finish_weight_update.remote(v))
+
+
+@pytest.mark.integration
+def test_auto_transport_from_the_engine_devices(rollout_worker):
+    """The engine reports each vLLM worker process's device; the sender's choice follows
+    (here: CPU processes on one node -> shared memory)."""
+    info = ray.get(rollout_worker.engine_info.remote())
+    assert info["devices"] == [{"node_id": info["node_id"], "kind": "cpu", "gpu": None}] * info["num_engine_workers"]
+    sender = WeightSender("auto")
+    try:
+        assert sender.connect([rollout_worker], torch.device("cpu")) == "shm"
+    finally:
+        sender.close()
