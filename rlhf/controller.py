@@ -26,7 +26,7 @@ from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
-from rlhf.metrics import MetricsLogger, PhaseTimer, print_progress, process_tree_rss_gb, progress, progress_line, say
+from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
 from rlhf.seeds import derive_seed
 
@@ -40,7 +40,7 @@ class PPOTrainer:
         self.roles = None          # rlhf.roles.PPORoles once setup starts them
         self.rewards = None
         self.logger = None
-        self.peak_rss_gb = 0.0
+        self.memory = MemoryWatch()
         self.bad_steps = 0         # steps skipped for NaN/Inf (run.max_bad_steps)
 
     rollout = property(lambda self: self.roles.rollout)
@@ -157,9 +157,7 @@ class PPOTrainer:
         metrics.update(self.timer.pop())
         metrics["perf/tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/step"]
         metrics["perf/generate_tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/generate"]
-        metrics["perf/pipeline_rss_gb"] = process_tree_rss_gb()
-        self.peak_rss_gb = max(self.peak_rss_gb, metrics["perf/pipeline_rss_gb"])
-        metrics["perf/peak_pipeline_rss_gb"] = self.peak_rss_gb
+        metrics.update(self.memory.sample())
         if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
             self._log_samples(rows, texts, batch.scores)
         return metrics
@@ -385,7 +383,7 @@ class PPOTrainer:
             from rlhf.plots import plot_run
 
             say(f"plots: {plot_run(self.run_dir)}")
-        say(f"peak resident memory of the pipeline: {self.peak_rss_gb:.2f} GiB")
+        say(self.memory.report(self.run_dir))
 
     # ================================================================ checkpoints
     def save_checkpoint(self) -> Path:

@@ -160,9 +160,11 @@ def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> Pr
 class PromptSampler:
     """Epoch-wise seeded shuffling with a position that checkpoints and resumes exactly."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True,
+                 key: str = "train.prompts_per_step", rows: str = "prompts"):
+        """`key` and `rows` name the batch size's config key and what a row is, for errors."""
         if batch_size > size:
-            raise DataError(f"train.prompts_per_step={batch_size} exceeds the {size} usable prompts")
+            raise DataError(f"{key}={batch_size} exceeds the {size} usable {rows}")
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.epoch, self.cursor = 0, 0
 

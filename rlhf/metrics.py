@@ -61,6 +61,61 @@ def process_tree_rss_gb() -> float:
     return total / 2**30
 
 
+def _process_kind(proc, me) -> str:
+    """What a process of the pipeline is: the driver, a Ray actor by class (Ray titles
+    them `ray::<Class>` or `ray::<Class>.<method>`), an idle pooled Ray worker, or one
+    of Ray's own services (raylet, gcs_server, dashboard, ...)."""
+    if proc.pid == me.pid:
+        return "driver"
+    cmdline = proc.cmdline()
+    title = cmdline[0] if cmdline else proc.name()
+    if title.startswith("ray::"):
+        name = title[len("ray::"):].split(".")[0].split()[0]
+        return "ray idle workers" if name == "IDLE" else name
+    script = next((Path(arg).name for arg in cmdline[1:2] if arg.endswith(".py")), "")
+    return f"ray: {script or Path(title.split()[0]).name}"
+
+
+def memory_breakdown_gib() -> dict[str, float]:
+    """The pipeline's memory by process kind (`_process_kind`), in GiB of proportional
+    set size: pages shared by several processes (torch's libraries, Ray's object store
+    mapping) are split between them, so the kinds add up to the machine's real use.
+    Largest first."""
+    import psutil
+
+    me = psutil.Process()
+    kinds: dict[str, float] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            kind, pss = _process_kind(proc, me), proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        kinds[kind] = kinds.get(kind, 0.0) + pss / 2**30
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+class MemoryWatch:
+    """Per-step resident memory of the pipeline, and its breakdown by process at the
+    peak (taken only when a step sets a new peak: reading every process's page map
+    costs ~0.1 s)."""
+
+    def __init__(self):
+        self.peak_gib, self.at_peak = 0.0, {}
+
+    def sample(self) -> dict[str, float]:
+        rss = process_tree_rss_gb()
+        if rss > self.peak_gib:
+            self.peak_gib, self.at_peak = rss, memory_breakdown_gib()
+        return {"perf/pipeline_rss_gb": rss, "perf/peak_pipeline_rss_gb": self.peak_gib}
+
+    def report(self, run_dir: Path) -> str:
+        """Write memory.json to the run directory; the console line saying where it went."""
+        (run_dir / "memory.json").write_text(json.dumps(
+            {"peak_rss_gib": self.peak_gib, "at_peak_pss_gib": self.at_peak}, indent=1))
+        parts = ", ".join(f"{kind} {gib:.2f}" for kind, gib in self.at_peak.items() if gib >= 0.01)
+        return f"peak resident memory of the pipeline: {self.peak_gib:.2f} GiB; at the peak (GiB, shared pages split): {parts}"
+
+
 def _clean(value):
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value

@@ -19,6 +19,8 @@ class RMRun(StageRun):
     export_name = "reward_model"
     progress_keys = ("rm/loss", "rm/acc", "rm/eval_acc", "rm/eval_gap", "timing/step")
 
+    row_name = "preference pairs"
+
     @property
     def rows_per_step(self) -> int:
         return self.cfg.train.mini_batch_size  # pairs

@@ -216,41 +216,50 @@ class PPORoles:
         self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
         common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
         with progress("starting roles", total=len(placed) + 1, unit="role") as bar:
-            self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, bar, distributed=False,
+            bar.set_postfix_str("loading " + ", ".join(placed))
+            self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, distributed=False,
                                        model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed)
-            self.actor = self._group("actor", ActorWorker, cfg.actor, bar, model_path=paths["policy"],
+            self.actor = self._group("actor", ActorWorker, cfg.actor, model_path=paths["policy"],
                                      trainer_cfg=cfg.actor, algo_cfg=cfg.algorithm, **common)
             if cfg.algorithm.uses_critic:
-                self.critic = self._group("critic", CriticWorker, cfg.critic, bar, model_path=paths["critic"],
+                self.critic = self._group("critic", CriticWorker, cfg.critic, model_path=paths["critic"],
                                           trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
-            self.reference = self._group("reference", ReferenceWorker, cfg.reference, bar, workers=1,
+            self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
                                          model_path=paths["reference"], cfg=cfg.reference,
                                          micro_batch_size=cfg.train.micro_batch_size)
             if paths["reward_model"]:
-                self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, bar, workers=1,
+                self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1,
                                                 model_path=paths["reward_model"],
                                                 normalize=cfg.reward.model_normalize,
                                                 micro_batch_size=cfg.train.micro_batch_size)
+            self._wait_loaded(bar)
             bar.set_postfix_str("connecting actor and rollout for weight sync")
             transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
                                            cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
             bar.update()
         say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
 
-    def _group(self, role: str, worker_cls: type, section, bar, *, workers: int | None = None,
+    def _group(self, role: str, worker_cls: type, section, *, workers: int | None = None,
                distributed: bool = True, **init_kwargs):
-        """One role's WorkerGroup in its placement slots (one step of the start-up bar);
+        """One role's WorkerGroup in its placement slots, created loading (not waited for);
         its calls time out after run.call_timeout_s (a longer call counts as hung)."""
         from workers.group import WorkerGroup
 
-        bar.set_postfix_str(f"loading {role}")
         pg, idx = self.placement.of(role)
         group = WorkerGroup(worker_cls, workers or section.num_workers, num_cpus=section.num_cpus,
-                            num_gpus=section.num_gpus, placement_group=pg,
-                            bundle_indices=idx, name=role, init_kwargs=init_kwargs, distributed=distributed)
+                            num_gpus=section.num_gpus, placement_group=pg, bundle_indices=idx, name=role,
+                            init_kwargs=init_kwargs, distributed=distributed, wait=False)
         group.call_timeout_s = self.cfg.run.call_timeout_s or None
-        bar.update()
         return group
+
+    def _wait_loaded(self, bar) -> None:
+        """All roles load at once (their processes overlap imports, model loads and
+        DeepSpeed set-up); one step of the start-up bar per role."""
+        for group in self.groups():
+            group.start_loading()
+        for group in self.groups():
+            group.wait_ready()
+            bar.update()
 
     def groups(self) -> list:
         """The groups started so far."""

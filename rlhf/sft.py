@@ -17,6 +17,8 @@ class SFTRun(StageRun):
     export_name = "sft_model"
     progress_keys = ("sft/loss", "sft/eval_loss", "timing/step")
 
+    row_name = "sequences"
+
     @property
     def rows_per_step(self) -> int:
         return self.cfg.train.mini_batch_size

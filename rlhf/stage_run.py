@@ -36,7 +36,8 @@ class StageRun:
         self.model_path = check_model("model.path", cfg.model.path)
         self.tokenizer = load_tokenizer("model.path", self.model_path)
         self.load_data()
-        self.sampler = PromptSampler(len(self.train_set), self.rows_per_step, cfg.run.seed, cfg.data.shuffle)
+        self.sampler = PromptSampler(len(self.train_set), self.rows_per_step, cfg.run.seed, cfg.data.shuffle,
+                                     key="train.mini_batch_size", rows=self.row_name)
         self.run_dir = self._run_dir()
         say(f"run directory: {self.run_dir}")
         (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -118,6 +119,7 @@ class StageRun:
 
     # ================================================================ stage hooks
     rows_per_step: int         # dataset rows (sequences or pairs) per optimizer step
+    row_name = "rows"          # what a dataset row is, in messages
 
     def load_data(self) -> None:
         raise NotImplementedError

@@ -48,5 +48,9 @@ else
   "${PIP[@]}" -e "$ROOT[gpu,dev,trackers]"
 fi
 
+# DeepSpeed's C++ ops, built into the environment now rather than inside the first run
+# (2-3 minutes of compiling on CPU; workers/native_ops.py).
+"$VENV/bin/python" -m workers.native_ops
+
 echo "$WANT" > "$STAMP"
 echo "[setup] done" >&2

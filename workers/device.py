@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from workers.native_ops import use_environment_extensions_dir
+
 
 @dataclass(frozen=True)
 class Device:
@@ -99,10 +101,11 @@ def _cpu_has_bf16() -> bool:
 
 def setup_process_env(device: Device | None = None) -> Device:
     """Set what a worker process needs before importing deepspeed or vllm, from its own
-    device (never from the driver's): DeepSpeed's accelerator, and on CPU no visible GPU
-    (Ray narrows CUDA_VISIBLE_DEVICES only for workers it gave GPUs; the others inherit
-    the node's). Returns the device."""
+    device (never from the driver's): DeepSpeed's accelerator and its ops folder
+    (`workers.native_ops`), and on CPU no visible GPU (Ray narrows CUDA_VISIBLE_DEVICES
+    only for workers it gave GPUs; the others inherit the node's). Returns the device."""
     device = device or detect()
+    use_environment_extensions_dir()
     if device.is_gpu:
         os.environ["DS_ACCELERATOR"] = "cuda"
     else:

@@ -65,9 +65,12 @@ class WorkerGroup:
         name: str | None = None,
         init_timeout: float | None = 600.0,
         distributed: bool = True,
+        wait: bool = True,
     ):
         """`distributed=False` for roles that need no torch.distributed world of their
-        own (the vLLM rollout engines): their constructor does all the set-up."""
+        own (the vLLM rollout engines): their constructor does all the set-up.
+        `wait=False` returns once the ranks are loading; `wait_ready()` then waits for
+        them (so several roles load at once)."""
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if bundle_indices is not None and len(bundle_indices) != num_workers:
@@ -86,20 +89,33 @@ class WorkerGroup:
                 )
             self.actors.append(remote_cls.options(**options).remote(**(init_kwargs or {})))
 
-        if not distributed:
-            self.gather(self.call_all("ready"), timeout=init_timeout)
+        self.distributed, self.init_timeout = distributed, init_timeout
+        self._loading: RankRefs | None = None
+        if wait:
+            self.wait_ready()
+
+    def start_loading(self) -> None:
+        """Let every rank load: rollout engines already do in their constructor; trainer
+        ranks wire their world first (rank 0's node and a free port there), then load."""
+        if self._loading is not None:
             return
-        # Phase 2: wire the world. The master is rank 0's node; the port is free there.
+        if not self.distributed:
+            self._loading = self.call_all("ready")
+            return
         master_addr, master_port = self.gather(RankRefs([self.actors[0].master_address.remote()],
-                                                        "master_address"), timeout=init_timeout)[0]
-        node_ips = self.gather(self.call_all("node_ip"), timeout=init_timeout)
-        refs = RankRefs([
-            actor.init_process.remote(rank, num_workers, node_ips[:rank].count(node_ips[rank]),
+                                                        "master_address"), timeout=self.init_timeout)[0]
+        node_ips = self.gather(self.call_all("node_ip"), timeout=self.init_timeout)
+        self._loading = RankRefs([
+            actor.init_process.remote(rank, self.world_size, node_ips[:rank].count(node_ips[rank]),
                                       master_addr, master_port)
             for rank, actor in enumerate(self.actors)
         ], "init_process")
+
+    def wait_ready(self) -> None:
+        """Block until every rank has loaded; a failed group is killed and raises."""
         try:
-            self.gather(refs, timeout=init_timeout)
+            self.start_loading()
+            self.gather(self._loading, timeout=self.init_timeout)
         except WorkerError:
             self.kill()
             raise

@@ -19,6 +19,7 @@ at T = 1 in every mode.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, is_dataclass
 
@@ -43,6 +44,9 @@ class RolloutWorker:
     def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0):
         dev.setup_process_env()
         dev.share_cores(1)  # until the controller says otherwise
+        # vLLM's INFO lines (engine config, loader, KV cache) would bury the run's own
+        # output; warnings still show. VLLM_LOGGING_LEVEL=INFO brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         self.cfg = _section(cfg)

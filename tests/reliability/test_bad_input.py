@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -255,3 +256,17 @@ def test_stage_commands_check_their_recipes(command, recipe, tmp_path, capsys):
 def test_chat_template_needs_a_tokenizer_that_has_one(ray_session, tiny, tmp_path, capsys):
     """The tiny kit's char-level tokenizer has no chat template."""
     refused(cli(tmp_path, "data.template=chat"), capsys, "config key 'data.template' is 'chat'", tmp_path)
+
+
+@pytest.mark.parametrize("command,recipe,rows", [("sft", "sft_tiny.yaml", "sequences"),
+                                                 ("rm", "rm_tiny.yaml", "preference pairs")])
+def test_stage_batch_larger_than_the_data_names_its_key(command, recipe, rows, ray_session, tmp_path, capsys):
+    from rlhf.cli import main
+
+    code = main([command, str(ROOT / "recipes" / recipe), f"run.output_dir={tmp_path}",
+                 "train.mini_batch_size=1000000", "train.micro_batch_size=1000000"])
+    err = capsys.readouterr().err  # data loading may say things first (pairs kept, long rows)
+    assert code == 2, err
+    assert re.fullmatch(rf"rlhf: error: train.mini_batch_size=1000000 exceeds the \d+ usable {rows}",
+                        err.strip().splitlines()[-1]), err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
