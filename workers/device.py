@@ -210,16 +210,20 @@ def device_report(node_id: str, torch_device: torch.device) -> DeviceReport:
     return DeviceReport(node_id, "cuda", physical_gpu(index))
 
 
-def choose_transport(sender: DeviceReport, receivers: list[DeviceReport]) -> str:
-    """The weight transport `sync.transport=auto` picks between the trainer process that
-    sends and every vLLM worker process that receives.
+def choose_transport(senders: DeviceReport | list[DeviceReport], receivers: list[DeviceReport]) -> str:
+    """The weight transport `sync.transport=auto` picks between the trainer processes that
+    send (every actor rank: each holds the full weights) and every vLLM worker process
+    that receives.
 
-    cuda_ipc only when every receiver runs on the sender's physical GPU (the hybrid
-    engine): a receiver cannot open memory of a GPU it does not see, and "same node"
-    does not mean "sees it". Other GPU pairs: a process group (NCCL). CPU on either
-    side: shared memory on one node, a process group (gloo) across CPU nodes."""
-    if not receivers:
-        raise ValueError("weight sync: no receiving process")
+    cuda_ipc only when every receiver runs on the physical GPU of some sender (the hybrid
+    engine: engine i shares GPU i with actor rank i, which hands it its copy): a receiver
+    cannot open memory of a GPU it does not see, and "same node" does not mean "sees it".
+    Other GPU pairs: a process group (NCCL). CPU on any side: shared memory on one node,
+    a process group (gloo) across CPU nodes; the first sender is the one that sends then."""
+    senders = [senders] if isinstance(senders, DeviceReport) else list(senders)
+    if not receivers or not senders:
+        raise ValueError("weight sync: no sending or no receiving process")
+    sender = senders[0]
     everyone = [sender, *receivers]
     one_node = all(r.node_id == sender.node_id for r in receivers)
     if any(p.kind == "cpu" for p in everyone):
@@ -229,7 +233,8 @@ def choose_transport(sender: DeviceReport, receivers: list[DeviceReport]) -> str
             return "process_group"
         raise ValueError("weight sync between CPU and GPU processes on different nodes: no transport "
                          "(put the actor and the rollout on the same kind of device)")
-    if one_node and all(r.gpu == sender.gpu for r in receivers):
+    held = {(s.node_id, s.gpu) for s in senders if s.kind == "cuda"}
+    if all((r.node_id, r.gpu) in held for r in receivers):
         return "cuda_ipc"
     return "process_group"
 

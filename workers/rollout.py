@@ -158,20 +158,30 @@ class RolloutWorker:
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
-    def sleep(self) -> bool:
-        """GPU: free weights and KV cache while the trainer runs. CPU: no-op, False."""
+    def sleep(self, level: int = 1) -> dict:
+        """GPU: free the engine's memory while the trainer runs. Level 2 drops the weights
+        too (no host copy): for when a weight sync follows anyway; level 1 keeps them in host
+        memory. Returns {"slept", "freed_gib"}: device memory freed, measured by each vLLM
+        worker process on its GPU (the smallest over them). CPU: a no-op."""
         if not dev.detect().is_gpu:
-            return False
-        self.llm.sleep(level=1)
+            return {"slept": False, "freed_gib": 0.0}
+        if level not in (1, 2):
+            raise ValueError(f"vLLM sleep level must be 1 or 2, got {level}")
+        before = self.llm.collective_rpc("rlhf_free_device_bytes")
+        self.llm.sleep(level=level)
+        after = self.llm.collective_rpc("rlhf_free_device_bytes")
         self._sleeping = True
-        return True
+        return {"slept": True, "freed_gib": min(a - b for a, b in zip(after, before)) / 2**30}
 
-    def wake_up(self) -> bool:
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Reallocate what `sleep` freed: `tags` ["weights"] first (then sync into them),
+        ["kv_cache"] after the sync, so the KV cache and a sync's buffers never coexist;
+        None: everything. Returns whether the engine is fully awake again."""
         if not dev.detect().is_gpu or not self._sleeping:
             return False
-        self.llm.wake_up()
-        self._sleeping = False
-        return True
+        awake = self.llm.wake_up(tags)
+        self._sleeping = not awake
+        return awake
 
     def benchmark_reload(self, weights_path: str, repeats: int = 3) -> float:
         """Seconds of vLLM's in-place reload of in-memory weights (sync benchmark floor)."""

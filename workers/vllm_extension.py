@@ -57,6 +57,10 @@ class WeightReceiverExtension:
             return {"kind": "cpu", "gpu": None}
         return {"kind": "cuda", "gpu": dev.physical_gpu(self.device.index)}
 
+    def rlhf_free_device_bytes(self) -> int:
+        """Free memory of this process's GPU (device-wide, as vLLM's own sleep log measures it)."""
+        return torch.cuda.mem_get_info(self.device)[0]
+
     def rlhf_load_bucket(self, meta: dict) -> int:
         """Receive bucket `meta["index"]` and load it; bucket 0 opens the update session."""
         from vllm.config import set_current_vllm_config

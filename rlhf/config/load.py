@@ -198,6 +198,9 @@ def _check_gpus(cfg: RunConfig) -> None:
     if (tp > 1 or gpus > 1) and gpus != tp:
         raise ConfigError(f"config key 'rollout.tensor_parallel_size' ({tp}) must equal rollout.num_gpus ({gpus:g}) "
                           f"when either is above 1: each tensor-parallel rank of an engine needs one GPU")
+    if 0 < gpus < 1 and cfg.rollout.memory_fraction > gpus + 1e-9:
+        raise ConfigError(f"config key 'rollout.memory_fraction' ({cfg.rollout.memory_fraction:g}) must not exceed "
+                          f"rollout.num_gpus ({gpus:g}): an engine sharing its GPU may use only its share of the memory")
 
 
 # ---------------------------------------------------------------- sft / rm stages

@@ -49,6 +49,32 @@ def reports(group) -> list[dict]:
     return group.run_all("report")
 
 
+HYBRID = ["cluster.placement=colocated", "actor.num_workers=2", "rollout.num_workers=2",
+          "actor.num_gpus=0.4", "rollout.num_gpus=0.4", "rollout.memory_fraction=0.35", "reference.num_gpus=0.2",
+          "train.micro_batch_size=32"]
+
+
+def hybrid_run_reports() -> dict:
+    from rlhf.config import load_config
+    from rlhf.roles import make_placement, role_requests
+    from workers.group import WorkerGroup
+
+    cfg = load_config(ROOT / "recipes" / "grpo_tiny.yaml", HYBRID)
+    placement = make_placement(cfg, role_requests(cfg))
+    out, groups = {"bundles": placement.groups[0].bundle_specs, "slots": {}}, []
+    for req in role_requests(cfg):
+        pg, idx = placement.of(req.role)
+        out["slots"][req.role] = idx
+        group = WorkerGroup(Probe, req.count, num_cpus=req.num_cpus, num_gpus=req.num_gpus,
+                            placement_group=pg, bundle_indices=idx, name=req.role, distributed=False)
+        groups.append(group)
+        out[req.role] = reports(group)
+    for g in groups:
+        g.kill(grace_s=0)
+    placement.remove()
+    return out
+
+
 def main() -> int:
     from rlhf.cli import connect_ray
     from rlhf.config import load_config
@@ -97,6 +123,9 @@ def main() -> int:
         for g in shared.values():
             g.kill(grace_s=0)
         remove_placement_group(pg)
+        # 3. The hybrid engine as a run places it: colocated, 2 actor ranks and 2 engines
+        #    at 0.4 GPU each, the reference at 0.2 (rlhf.roles.colocated_plan).
+        out["hybrid_run"] = hybrid_run_reports()
     finally:
         ray.shutdown()
     print(json.dumps(out))

@@ -67,3 +67,20 @@ def test_transport_follows_the_physical_gpu(probe):
     assert dev.choose_transport(report(hybrid["actor"]),
                                 [report(hybrid["rollout"]), report(hybrid["rollout_alone"])]) == "process_group"
     assert dev.choose_transport(report(roles["cpu_role"][0]), [report(roles["cpu_role"][0])]) == "shm"
+
+
+def test_hybrid_engine_shares_each_gpu_between_an_actor_rank_and_an_engine(probe):
+    run = probe["hybrid_run"]
+    assert run["bundles"][:2] == [{"GPU": 1.0, "CPU": 1.25}, {"GPU": 1.0, "CPU": 1.0}]
+    assert run["slots"] == {"rollout": [0, 1], "actor": [0, 1], "reference": [0]}
+    for rank in (0, 1):
+        actor, engine = run["actor"][rank], run["rollout"][rank]
+        assert actor["gpu"] == engine["gpu"] and actor["visible"] == engine["visible"]
+        assert dev.choose_transport(report(actor), [report(engine)]) == "cuda_ipc"
+    assert run["actor"][0]["gpu"] != run["actor"][1]["gpu"]
+    assert run["reference"][0]["gpu"] == run["actor"][0]["gpu"]
+    # each engine shares its GPU with a different actor rank: every actor rank hands its
+    # own copy by IPC (vLLM's ipc engine merges the handles per GPU UUID)
+    engines = [report(e) for e in run["rollout"]]
+    assert dev.choose_transport([report(a) for a in run["actor"]], engines) == "cuda_ipc"
+    assert dev.choose_transport(report(run["actor"][0]), engines) == "process_group"  # rank 0 alone cannot
