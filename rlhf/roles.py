@@ -55,6 +55,14 @@ def rollout_sleeps(cfg: RunConfig) -> bool:
     return cfg.cluster.placement == "colocated" and 0 < cfg.rollout.num_gpus < 1
 
 
+def weight_transfer_backend(cfg: RunConfig) -> str | None:
+    """The vLLM weight-transfer backend the rollout engines start with (GPU engines only:
+    `ipc` in the hybrid engine, else `nccl`; see workers.vllm_transfer.engine_backend)."""
+    from workers.vllm_transfer import engine_backend
+
+    return engine_backend(cfg.cluster.placement, cfg.sync.transport, cfg.rollout.num_gpus, cfg.actor.num_gpus)
+
+
 def role_requests(cfg: RunConfig) -> list[RoleRequest]:
     reqs = [RoleRequest("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
             RoleRequest("actor", cfg.actor.num_workers, cfg.actor.num_cpus, cfg.actor.num_gpus),
@@ -280,7 +288,8 @@ class PPORoles:
         common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
         with progress("starting roles", total=len(placed) + 1, unit="role") as bar:
             self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, bar, distributed=False,
-                                       model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed)
+                                       model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed,
+                                       weight_transfer=weight_transfer_backend(cfg))
             self.actor = self._group("actor", ActorWorker, cfg.actor, bar, model_path=paths["policy"],
                                      trainer_cfg=cfg.actor, algo_cfg=cfg.algorithm, **common)
             if cfg.algorithm.uses_critic:
@@ -295,8 +304,9 @@ class PPORoles:
                                                 normalize=cfg.reward.model_normalize,
                                                 micro_batch_size=cfg.train.micro_batch_size)
             bar.set_postfix_str("connecting actor and rollout for weight sync")
+            senders = self.actor.run_all("device_report")
             transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
-                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
+                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype, senders)[0]
             bar.update()
         say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
 

@@ -45,6 +45,16 @@ class Probe:
         return out
 
 
+    def engine_args(self, model_path: str, rollout_cfg: dict, weight_transfer) -> dict:
+        """The vLLM engine arguments a RolloutWorker on this rank's device would start with."""
+        from workers import device as dev
+        from workers.rollout import engine_kwargs
+
+        gpu = bool(dev.ray_gpu_ids())
+        device = dev.Device("cuda", "nccl", "cuda_ipc", True) if gpu else dev.Device("cpu", "gloo", "shm", False)
+        return engine_kwargs(model_path, rollout_cfg, 0, device, weight_transfer)
+
+
 def reports(group) -> list[dict]:
     return group.run_all("report")
 
@@ -52,6 +62,16 @@ def reports(group) -> list[dict]:
 HYBRID = ["cluster.placement=colocated", "actor.num_workers=2", "rollout.num_workers=2",
           "actor.num_gpus=0.4", "rollout.num_gpus=0.4", "rollout.memory_fraction=0.35", "reference.num_gpus=0.2",
           "train.micro_batch_size=32"]
+
+
+def engine_args(rollout_group, cfg) -> list[dict]:
+    """What each rollout rank would pass to vllm.LLM for this config (the run's backend choice)."""
+    import dataclasses
+
+    from rlhf.roles import weight_transfer_backend
+
+    return rollout_group.run_all("engine_args", "/models/qwen", dataclasses.asdict(cfg.rollout),
+                                 weight_transfer_backend(cfg))
 
 
 def hybrid_run_reports() -> dict:
@@ -69,6 +89,7 @@ def hybrid_run_reports() -> dict:
                             placement_group=pg, bundle_indices=idx, name=req.role, distributed=False)
         groups.append(group)
         out[req.role] = reports(group)
+    out["engine_args"] = engine_args(groups[0], cfg)
     for g in groups:
         g.kill(grace_s=0)
     placement.remove()
@@ -109,6 +130,7 @@ def main() -> int:
                                            distributed=False)
         groups["cpu_role"] = WorkerGroup(Probe, 1, num_cpus=0.5, num_gpus=0.0, name="cpu_role", distributed=False)
         out["roles"] = {role: reports(g) for role, g in groups.items()}
+        out["recipe_engine_args"] = engine_args(groups["rollout"], cfg)
         for g in groups.values():
             g.kill(grace_s=0)
         placement.remove()
