@@ -171,7 +171,11 @@ class ActorWorker(DeepSpeedTrainer):
         """Gather full HF-named weights (collective under ZeRO-3: every rank calls this)
         and stream them to the engines. Returns the sync stats on rank 0."""
         if getattr(self, "gpu_sender", None) is not None:
-            return self.gpu_sender.send(version)  # every rank: iterates its weights in vLLM's engine
+            stats = self.gpu_sender.send(version)  # every rank: iterates its weights in vLLM's engine
+            # hybrid engine: hand the blocks torch cached during the update back to the GPU
+            # before vLLM wakes its KV cache on it
+            torch.cuda.empty_cache()
+            return stats
         weights = self.named_weights_for_sync()
         if self.sender is None:
             for _ in weights:  # take part in the ZeRO-3 gathers
