@@ -70,6 +70,10 @@ class RankWorker:
 
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = dev.bind_local_device(local_rank)
+        if self.device.type == "cuda":
+            # DeepSpeed binds cuda:LOCAL_RANK and hands it to NCCL as device_id: it must be this
+            # rank's GPU among those Ray left visible (index 0 of one), not the node-local rank
+            os.environ["LOCAL_RANK"] = str(self.device.index)
         deepspeed.init_distributed(dist_backend=dev.detect().dist_backend, auto_mpi_discovery=False,
                                    verbose=False, timeout=timedelta(seconds=DIST_TIMEOUT_S))
         self.setup()
