@@ -59,3 +59,9 @@ def test_vllm_sleeps_in_the_hybrid_engine_unless_told_otherwise():
     assert not rollout_sleeps(load_config(RECIPES / "grpo_tiny.yaml", HYBRID + ["rollout.sleep_between_steps=false"]))
     split = [o for o in HYBRID if not o.startswith("cluster.")] + ["cluster.placement=split"]
     assert not rollout_sleeps(load_config(RECIPES / "grpo_tiny.yaml", split))
+
+
+def test_each_engine_needs_an_actor_rank_on_its_gpu():
+    with pytest.raises(ConfigError, match=r"'rollout.num_workers' \(2\) must not exceed actor.num_workers \(1\) "
+                                          r"in the hybrid engine"):
+        load_config(RECIPES / "grpo_tiny.yaml", HYBRID + ["actor.num_workers=1", "train.micro_batch_size=64"])
