@@ -173,7 +173,9 @@ class PPOTrainer:
                 critic_metrics = self.critic.gather(self.critic.call_split("update", batch))[0]
             return critic_metrics, batch
         # step 5+6. critic and actor updates, concurrently (different workers)
-        self._rollout_memory("sleep")  # GPU colocated: free the KV cache for training
+        # hybrid engine: vLLM frees its GPU memory for training; level 2 drops the weights
+        # too, since the sync below overwrites them anyway
+        sleep_metrics = self._rollout_memory("sleep", level=2)
         with t("update"):
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
@@ -185,10 +187,11 @@ class PPOTrainer:
                 actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM
-        self._rollout_memory("wake_up")
+        self._rollout_memory("wake_up", tags=["weights"])  # sync into the weights before the KV cache returns
         with t("sync"):
             sync_metrics = self._sync_weights()
-        return {**actor_metrics, **critic_metrics, **sync_metrics}, batch
+        self._rollout_memory("wake_up", tags=["kv_cache"])
+        return {**actor_metrics, **critic_metrics, **sync_metrics, **sleep_metrics}, batch
 
     def _critic_warmup(self) -> bool:
         return self.step_index < self.cfg.train.critic_warmup_steps
@@ -311,10 +314,17 @@ class PPOTrainer:
                                       estimator=self.cfg.algorithm.kl.estimator)
         return {**metrics, "kl/mean": float((kl * mask).sum(-1).mean()), "kl/token_mean": float(masked_mean(kl, mask))}
 
-    def _rollout_memory(self, verb: str) -> None:
-        """vLLM sleep mode around training (rollout.sleep_between_steps; a no-op on CPU)."""
-        if self.cfg.rollout.sleep_between_steps:
-            self.rollout.run_all(verb)
+    def _rollout_memory(self, verb: str, **kwargs) -> dict:
+        """vLLM sleep mode around training (rlhf.roles.rollout_sleeps; a no-op on CPU).
+        A sleep reports `rollout/sleep_freed_gib`: the least GPU memory an engine freed."""
+        from rlhf.roles import rollout_sleeps
+
+        if not rollout_sleeps(self.cfg):
+            return {}
+        results = self.rollout.run_all(verb, **kwargs)
+        if verb == "sleep" and all(r["slept"] for r in results):
+            return {"rollout/sleep_freed_gib": min(r["freed_gib"] for r in results)}
+        return {}
 
     def _sync_weights(self) -> dict:
         self.weight_version += 1

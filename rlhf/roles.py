@@ -3,8 +3,9 @@
 Only the controller imports this (it needs ray). `PPORoles` starts the worker groups
 of a PPO run, tells the busy ones how many ranks share their node's cores before each
 phase, and stops them. `colocated` puts every role in one
-placement group, packed onto as few nodes as fit (ranks share a GPU only when their
-<role>.num_gpus are fractions that add up to at most 1); `split` gives each role its own group,
+placement group, packed onto as few nodes as fit; on GPUs it is the hybrid engine: the
+ranks of roles asking for a fraction of a GPU share whole-GPU bundles (`colocated_plan`:
+actor rank i, rollout engine i and the reference on bundle 0 on one device); `split` gives each role its own group,
 which Ray may place on different nodes; `cluster.role_resources` adds custom Ray
 resources to a role's ranks, which pins the role to the nodes that have them.
 Resources are checked against the cluster (totals, and each rank against single
@@ -44,6 +45,27 @@ class RoleRequest:
         the driver runs on)."""
         wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
         return {k: v for k, v in wanted.items() if v}
+
+
+def rollout_sleeps(cfg: RunConfig) -> bool:
+    """Whether the rollout engines sleep while the trainers run: rollout.sleep_between_steps,
+    by default on in the hybrid engine (colocated, engines on a fraction of a GPU)."""
+    if cfg.rollout.sleep_between_steps is not None:
+        return cfg.rollout.sleep_between_steps
+    return engines_share_gpus(cfg)
+
+
+def engines_share_gpus(cfg: RunConfig) -> bool:
+    """The hybrid engine: colocated rollout engines on a fraction of a GPU."""
+    return cfg.cluster.placement == "colocated" and 0 < cfg.rollout.num_gpus < 1
+
+
+def weight_transfer_backend(cfg: RunConfig) -> str | None:
+    """The vLLM weight-transfer backend the rollout engines start with (GPU engines only:
+    `ipc` in the hybrid engine, else `nccl`; see workers.vllm_transfer.engine_backend)."""
+    from workers.vllm_transfer import engine_backend
+
+    return engine_backend(cfg.cluster.placement, cfg.sync.transport, cfg.rollout.num_gpus, cfg.actor.num_gpus)
 
 
 def role_requests(cfg: RunConfig) -> list[RoleRequest]:
@@ -154,21 +176,75 @@ def core_sharers(busy: dict[str, list[str]]) -> dict[str, list[int]]:
     return {role: [per_node[node] for node in nodes] for role, nodes in busy.items()}
 
 
+@dataclass
+class ColocatedPlan:
+    """The bundles of the one placement group of `cluster.placement: colocated`.
+
+    Hybrid engine (GPU): the ranks of roles asking for a FRACTION of a GPU share whole-GPU
+    bundles, rank i of each such role on GPU bundle i (the actor rank, the rollout engine
+    and, on bundle 0, the reference of a 0.4/0.4/0.2 split). Ray then hands each of them
+    its fraction of that bundle's GPU: the same physical device. Other ranks (CPU roles,
+    whole GPUs) get a bundle each, as on CPU, where nothing is shared."""
+    bundles: list[dict]
+    slots: dict[str, list[int]]
+    shared: dict[int, list[tuple[str, int, float]]]  # GPU bundle -> (role, rank, GPU fraction)
+
+    def check_requests(self, reqs: list[RoleRequest]) -> list[RoleRequest]:
+        """What to check against the cluster: each shared GPU bundle as it is reserved
+        (a whole GPU), the other roles as they ask."""
+        shared_roles = {role for ranks in self.shared.values() for role, _, _ in ranks}
+        out = [r for r in reqs if r.role not in shared_roles]
+        for b in self.shared:
+            bundle = self.bundles[b]
+            out.append(RoleRequest(f"GPU bundle {b} ({', '.join(f'{role} {rank}' for role, rank, _ in self.shared[b])})",
+                                   1, bundle.get("CPU", 0.0), bundle["GPU"],
+                                   {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}))
+        return out
+
+
+def colocated_plan(reqs: list[RoleRequest]) -> ColocatedPlan:
+    """Bundles and slots of the colocated placement group (see ColocatedPlan). A GPU whose
+    ranks ask for more than 1 in total is an error naming them."""
+    sharing = [r for r in reqs if 0 < r.num_gpus < 1]
+    gpus = max((r.count for r in sharing), default=0)
+    bundles: list[dict] = [{"GPU": 1.0} for _ in range(gpus)]
+    shared: dict[int, list[tuple[str, int, float]]] = {b: [] for b in range(gpus)}
+    slots: dict[str, list[int]] = {}
+    for req in sharing:
+        slots[req.role] = list(range(req.count))
+        for rank in range(req.count):
+            for name, amount in req.bundle().items():
+                if name != "GPU":
+                    bundles[rank][name] = bundles[rank].get(name, 0.0) + amount
+            shared[rank].append((req.role, rank, req.num_gpus))
+    for b, ranks in shared.items():
+        total = sum(f for _, _, f in ranks)
+        if total > 1 + 1e-9:
+            raise ClusterResourceError(
+                f"colocated placement: GPU {b} would be shared by "
+                + ", ".join(f"{role} rank {rank} ({f:g})" for role, rank, f in ranks)
+                + f" = {total:g} GPUs > 1; lower those roles' num_gpus so the ranks sharing a GPU add up to <= 1")
+    for req in reqs:
+        if req in sharing:
+            continue
+        slots[req.role] = list(range(len(bundles), len(bundles) + req.count))
+        bundles += [req.bundle()] * req.count
+    return ColocatedPlan(bundles, slots, {b: r for b, r in shared.items() if r})
+
+
 def make_placement(cfg: RunConfig, reqs: list[RoleRequest], timeout_s: float = 120.0) -> Placement:
     reqs = with_role_resources(cfg, reqs)
-    check_cluster(reqs)
     placement = Placement()
     if cfg.cluster.placement == "colocated":
-        bundles, slots, index = [], {}, 0
-        for req in reqs:
-            bundles += [req.bundle()] * req.count
-            slots[req.role] = list(range(index, index + req.count))
-            index += req.count
+        plan = colocated_plan(reqs)
+        check_cluster(plan.check_requests(reqs))
+        bundles, slots = plan.bundles, plan.slots
         pg = placement_group(bundles, strategy="PACK", name="rlhf-colocated")
         _wait(pg, "colocated placement group", timeout_s)
         placement.groups.append(pg)
         placement.slots = {role: (pg, idx) for role, idx in slots.items()}
     else:
+        check_cluster(reqs)
         for req in reqs:
             pg = placement_group([req.bundle()] * req.count, strategy="PACK", name=f"rlhf-{req.role}")
             _wait(pg, f"placement group of role {req.role}", timeout_s)
@@ -204,40 +280,59 @@ class PPORoles:
     def start(self, paths: dict[str, str | None], run_dir: Path) -> None:
         """Place and start every role, then connect the actor to the rollout engines.
         Groups started before a failure stay reachable, so `kill()` stops them."""
-        from workers.actor import ActorWorker
-        from workers.critic import CriticWorker
-        from workers.reference import ReferenceWorker
-        from workers.reward_model import RewardModelWorker
-        from workers.rollout import RolloutWorker
-
         cfg, started = self.cfg, time.time()
         self.placement = make_placement(cfg, role_requests(cfg))
         placed = self.placement.save(run_dir / "placement.json")
         self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
-        common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
         with progress("starting roles", total=len(placed) + 1, unit="role") as bar:
             bar.set_postfix_str("loading " + ", ".join(placed))
-            self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, distributed=False,
-                                       model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed)
-            self.actor = self._group("actor", ActorWorker, cfg.actor, model_path=paths["policy"],
-                                     trainer_cfg=cfg.actor, algo_cfg=cfg.algorithm, **common)
-            if cfg.algorithm.uses_critic:
-                self.critic = self._group("critic", CriticWorker, cfg.critic, model_path=paths["critic"],
-                                          trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
-            self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
-                                         model_path=paths["reference"], cfg=cfg.reference,
-                                         micro_batch_size=cfg.train.micro_batch_size)
-            if paths["reward_model"]:
-                self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1,
-                                                model_path=paths["reward_model"],
-                                                normalize=cfg.reward.model_normalize,
-                                                micro_batch_size=cfg.train.micro_batch_size)
+            # An engine sizes its KV cache from the GPU memory it finds free: on a shared GPU
+            # it starts once the trainers there have loaded; elsewhere everything loads at once.
+            if not engines_share_gpus(cfg):
+                self._start_engines(paths)
+            self._start_trainers(paths)
+            if engines_share_gpus(cfg):
+                self._wait_loaded(bar)
+                self._start_engines(paths)
             self._wait_loaded(bar)
             bar.set_postfix_str("connecting actor and rollout for weight sync")
+            senders = self.actor.run_all("device_report")
             transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
-                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
+                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype, senders)[0]
             bar.update()
         say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
+
+    def _start_engines(self, paths: dict[str, str | None]) -> None:
+        """Create the rollout engines' group, loading."""
+        from workers.rollout import RolloutWorker
+
+        cfg = self.cfg
+        self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, distributed=False,
+                                   model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed,
+                                   weight_transfer=weight_transfer_backend(cfg))
+
+    def _start_trainers(self, paths: dict[str, str | None]) -> None:
+        """Create the actor, critic, reference and reward-model groups, loading."""
+        from workers.actor import ActorWorker
+        from workers.critic import CriticWorker
+        from workers.reference import ReferenceWorker
+        from workers.reward_model import RewardModelWorker
+
+        cfg = self.cfg
+        common = dict(train_cfg=cfg.train, seed=cfg.run.seed, dtype=cfg.model.dtype)
+        self.actor = self._group("actor", ActorWorker, cfg.actor, model_path=paths["policy"],
+                                 trainer_cfg=cfg.actor, algo_cfg=cfg.algorithm, **common)
+        if cfg.algorithm.uses_critic:
+            self.critic = self._group("critic", CriticWorker, cfg.critic, model_path=paths["critic"],
+                                      trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
+        self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
+                                     model_path=paths["reference"], cfg=cfg.reference,
+                                     micro_batch_size=cfg.train.micro_batch_size)
+        if paths["reward_model"]:
+            self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1,
+                                            model_path=paths["reward_model"],
+                                            normalize=cfg.reward.model_normalize,
+                                            micro_batch_size=cfg.train.micro_batch_size)
 
     def _group(self, role: str, worker_cls: type, section, *, workers: int | None = None,
                distributed: bool = True, **init_kwargs):
@@ -255,9 +350,10 @@ class PPORoles:
     def _wait_loaded(self, bar) -> None:
         """All roles load at once (their processes overlap imports, model loads and
         DeepSpeed set-up); one step of the start-up bar per role."""
-        for group in self.groups():
+        loading = [group for group in self.groups() if not group.ready]
+        for group in loading:
             group.start_loading()
-        for group in self.groups():
+        for group in loading:
             group.wait_ready()
             bar.update()
 

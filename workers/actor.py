@@ -17,6 +17,7 @@ from rlhf.algorithms import (
 )
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
+from workers import device as dev
 from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, micro_batches, response_logprobs
 
 
@@ -122,24 +123,59 @@ class ActorWorker(DeepSpeedTrainer):
         return self._train(batch, self.train_cfg.ppo_epochs, loss_fn)
 
     # ---------------------------------------------------------------- weight sync
-    def connect_rollout(self, rollout_handles: list, transport: str, bucket_bytes: int, dtype: str) -> str:
-        """Rank 0 opens the weight transport to the rollout engines; returns its name."""
-        self.sender = None
+    def device_report(self) -> dict:
+        """Where this rank holds its weights (`workers.device.DeviceReport` fields): the
+        input of the sync's transport choice, gathered from every rank."""
+        import dataclasses
+
+        import ray
+
+        return dataclasses.asdict(dev.device_report(ray.get_runtime_context().get_node_id(), self.device))
+
+    def connect_rollout(self, rollout_handles: list, transport: str, bucket_bytes: int, dtype: str,
+                        senders: list[dict] | None = None) -> str:
+        """Open the weight transport to the rollout engines; returns its name (rank 0).
+        `senders`: every rank's `device_report`, so all ranks choose alike. Between GPUs
+        every rank takes part (vLLM's engines: IPC hands each engine the copy of the rank
+        on its GPU); otherwise rank 0 alone sends (shared memory, gloo)."""
+        import ray
+
+        from workers.vllm_transfer import VllmWeightSender, backend_for, module_metas
+        from workers.weight_sync import WeightSender, choose_sync
+
+        self.sender = self.gpu_sender = None
+        reports = [dev.DeviceReport(**r) for r in senders] if senders else None
+        infos = ray.get([h.engine_info.remote() for h in rollout_handles])
+        sync_dtype, name = choose_sync(infos, transport, dtype, reports, self.device)
+        everyone = (reports or [dev.device_report("", self.device)]) + [
+            dev.DeviceReport(**d) for info in infos for d in info["devices"]]
+        backend = backend_for(name, [info.get("weight_transfer") for info in infos],
+                              on_gpus=all(p.kind == "cuda" for p in everyone))
+        if backend is not None:
+            self.gpu_sender = VllmWeightSender(backend, self.rank, rollout_handles, infos,
+                                               module_metas(self.engine.module), bucket_bytes, sync_dtype)
+            self.gpu_sender.connect(self.named_weights_for_sync, self.device, copy=self.cfg.zero_stage == 3)
+            return name if self.rank == 0 else ""
         if self.rank != 0:
             return ""
-        from workers.weight_sync import WeightSender
-
-        self.sender = WeightSender(transport, bucket_bytes, dtype)
-        return self.sender.connect(rollout_handles, self.device)
+        self.sender = WeightSender(name, bucket_bytes, sync_dtype)
+        return self.sender.connect(rollout_handles, self.device, infos=infos)
 
     def shutdown(self) -> bool:
-        if getattr(self, "sender", None) is not None:
-            self.sender.close()
+        for sender in (getattr(self, "sender", None), getattr(self, "gpu_sender", None)):
+            if sender is not None:
+                sender.close()
         return True
 
     def push_weights(self, version: int) -> dict:
         """Gather full HF-named weights (collective under ZeRO-3: every rank calls this)
-        and stream them through rank 0's sender. Returns the sync stats on rank 0."""
+        and stream them to the engines. Returns the sync stats on rank 0."""
+        if getattr(self, "gpu_sender", None) is not None:
+            stats = self.gpu_sender.send(version)  # every rank: iterates its weights in vLLM's engine
+            # hybrid engine: hand the blocks torch cached during the update back to the GPU
+            # before vLLM wakes its KV cache on it
+            torch.cuda.empty_cache()
+            return stats
         weights = self.named_weights_for_sync()
         if self.sender is None:
             for _ in weights:  # take part in the ZeRO-3 gathers

@@ -168,6 +168,34 @@ def vllm_engine_kwargs(device: Device | None = None, tensor_parallel_size: int =
     return {"distributed_executor_backend": "uni"}
 
 
+def prebuilt_deepspeed_ops() -> dict[str, bool]:
+    """DeepSpeed ops compiled at install time (DS_BUILD_<OP>=1 pip install deepspeed):
+    {op name: prebuilt}. The others would JIT-compile on first use."""
+    from deepspeed.git_version_info import installed_ops
+
+    return dict(installed_ops)
+
+
+def adam_choice(gpu: bool, offload_optimizer: bool, prebuilt: dict[str, bool]) -> tuple[str, dict, dict]:
+    """The AdamW a trainer's DeepSpeed builds, chosen so that no rank JIT-compiles an op
+    at its first step (that needs nvcc and ninja on every node, and minutes):
+      state offloaded to CPU   DeepSpeed's CPUAdam if prebuilt, else torch's AdamW on the
+                               CPU master copies
+      GPU                      DeepSpeed's FusedAdam if prebuilt, else torch's fused
+                               AdamW (a CUDA kernel shipped in torch's wheel)
+      CPU                      torch's AdamW
+    Returns (name, keys added to DeepSpeed's "optimizer.params", top-level config keys)."""
+    if offload_optimizer:
+        if prebuilt.get("cpu_adam"):
+            return "deepspeed_cpu_adam", {"torch_adam": False}, {}
+        return "torch_adamw", {"torch_adam": True}, {"zero_force_ds_cpu_optimizer": False}
+    if not gpu:
+        return "torch_adamw", {"torch_adam": True}, {}
+    if prebuilt.get("fused_adam"):
+        return "deepspeed_fused_adam", {"torch_adam": False}, {}
+    return "torch_fused_adamw", {"torch_adam": True, "fused": True}, {}
+
+
 def ray_resources(num_cpus: float, num_gpus: float) -> dict:
     """Ray resource request of one worker: the config's, whatever the driver runs on (the
     cluster check validates it against the nodes; the worker then detects its device)."""
@@ -213,16 +241,20 @@ def device_report(node_id: str, torch_device: torch.device) -> DeviceReport:
     return DeviceReport(node_id, "cuda", physical_gpu(index))
 
 
-def choose_transport(sender: DeviceReport, receivers: list[DeviceReport]) -> str:
-    """The weight transport `sync.transport=auto` picks between the trainer process that
-    sends and every vLLM worker process that receives.
+def choose_transport(senders: DeviceReport | list[DeviceReport], receivers: list[DeviceReport]) -> str:
+    """The weight transport `sync.transport=auto` picks between the trainer processes that
+    send (every actor rank: each holds the full weights) and every vLLM worker process
+    that receives.
 
-    cuda_ipc only when every receiver runs on the sender's physical GPU (the hybrid
-    engine): a receiver cannot open memory of a GPU it does not see, and "same node"
-    does not mean "sees it". Other GPU pairs: a process group (NCCL). CPU on either
-    side: shared memory on one node, a process group (gloo) across CPU nodes."""
-    if not receivers:
-        raise ValueError("weight sync: no receiving process")
+    cuda_ipc only when every receiver runs on the physical GPU of some sender (the hybrid
+    engine: engine i shares GPU i with actor rank i, which hands it its copy): a receiver
+    cannot open memory of a GPU it does not see, and "same node" does not mean "sees it".
+    Other GPU pairs: a process group (NCCL). CPU on any side: shared memory on one node,
+    a process group (gloo) across CPU nodes; the first sender is the one that sends then."""
+    senders = [senders] if isinstance(senders, DeviceReport) else list(senders)
+    if not receivers or not senders:
+        raise ValueError("weight sync: no sending or no receiving process")
+    sender = senders[0]
     everyone = [sender, *receivers]
     one_node = all(r.node_id == sender.node_id for r in receivers)
     if any(p.kind == "cpu" for p in everyone):
@@ -232,64 +264,35 @@ def choose_transport(sender: DeviceReport, receivers: list[DeviceReport]) -> str
             return "process_group"
         raise ValueError("weight sync between CPU and GPU processes on different nodes: no transport "
                          "(put the actor and the rollout on the same kind of device)")
-    if one_node and all(r.gpu == sender.gpu for r in receivers):
+    held = {(s.node_id, s.gpu) for s in senders if s.kind == "cuda"}
+    if all((r.node_id, r.gpu) in held for r in receivers):
         return "cuda_ipc"
     return "process_group"
 
 
-def new_weight_sync_group(store, rank: int, world_size: int, host: str, timeout_s: float = 600.0,
-                          device: Device | None = None):
-    """A process group for weight broadcast, built straight on a store.
+def new_weight_sync_group(store, rank: int, world_size: int, host: str, timeout_s: float = 600.0):
+    """A gloo process group for the CPU weight broadcast, built straight on a store.
 
     It is NOT the default group and does not touch it: the trainer ranks already have
-    a DeepSpeed world. gloo on CPU; NCCL on GPU (GPU path written, untested here).
-    Construction is a rendezvous: it returns once all `world_size` ranks joined.
+    a DeepSpeed world. GPU syncs use vLLM's weight-transfer engines instead
+    (workers/vllm_transfer.py). Construction is a rendezvous: it returns once all
+    `world_size` ranks joined.
     """
     import datetime
 
     import torch.distributed as dist
 
-    device = device or detect()
-    timeout = datetime.timedelta(seconds=timeout_s)
-    if device.is_gpu:  # UNTESTED on this project's CPU-only machines.
-        opts = dist.ProcessGroupNCCL.Options()
-        opts._timeout = timeout
-        return dist.ProcessGroupNCCL(store, rank, world_size, opts)
     opts = dist.ProcessGroupGloo._Options()
-    opts._timeout = timeout
+    opts._timeout = datetime.timedelta(seconds=timeout_s)
     # Bind gloo to the rendezvous address: the default device resolves the hostname,
     # which containers often cannot.
     opts._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
     return dist.ProcessGroupGloo(store, rank, world_size, opts)
 
 
-def comm_buffer(nbytes: int, device: Device | None = None, local_index: int = 0) -> torch.Tensor:
-    """An uninitialised uint8 buffer on the device that the sync group talks on."""
-    device = device or detect()
-    return torch.empty(nbytes, dtype=torch.uint8, device=device.torch_device(local_index))
-
-
-def ipc_handle(tensor: torch.Tensor) -> bytes:
-    """GPU twin of a shared-memory file: a pickled CUDA IPC handle of `tensor`.
-
-    UNTESTED (no GPU here). The caller must keep `tensor` alive until every receiver
-    has finished with it.
-    """
-    import pickle
-
-    from torch.multiprocessing.reductions import reduce_tensor
-
-    return pickle.dumps(reduce_tensor(tensor))
-
-
-def open_ipc_handle(handle: bytes, local_index: int) -> torch.Tensor:
-    """Open `ipc_handle(...)` in another process, on this process's GPU. UNTESTED."""
-    import pickle
-
-    rebuild, args = pickle.loads(handle)
-    args = list(args)
-    args[6] = local_index  # the device index the tensor lives on, seen from this process
-    return rebuild(*args)
+def comm_buffer(nbytes: int) -> torch.Tensor:
+    """An uninitialised uint8 host buffer for the CPU sync group (gloo)."""
+    return torch.empty(nbytes, dtype=torch.uint8)
 
 
 def local_device_index(local_rank: int, device: Device | None = None) -> int:

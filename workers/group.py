@@ -91,6 +91,7 @@ class WorkerGroup:
 
         self.distributed, self.init_timeout = distributed, init_timeout
         self._loading: RankRefs | None = None
+        self.ready = False  # every rank has loaded
         if wait:
             self.wait_ready()
 
@@ -113,12 +114,15 @@ class WorkerGroup:
 
     def wait_ready(self) -> None:
         """Block until every rank has loaded; a failed group is killed and raises."""
+        if self.ready:
+            return
         try:
             self.start_loading()
             self.gather(self._loading, timeout=self.init_timeout)
         except WorkerError:
             self.kill()
             raise
+        self.ready = True
 
     # ---------------------------------------------------------------- calls
     def call_all(self, method: str, *args, **kwargs) -> RankRefs:

@@ -40,9 +40,38 @@ def _section(cfg: RolloutSection | dict) -> RolloutSection:
     return RolloutSection(**dict(cfg))
 
 
+def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device: dev.Device,
+                  weight_transfer: str | None = None) -> dict:
+    """The arguments of this worker's `vllm.LLM` on `device`. `weight_transfer`: the vLLM
+    weight-transfer backend the engine starts with (GPU syncs, `workers.vllm_transfer.
+    engine_backend`; None: our CPU transports only)."""
+    cfg = _section(cfg)
+    kwargs = dict(
+        model=model_path,
+        dtype=dev.rollout_dtype(cfg.dtype, device),  # "auto": bf16 only where native
+        load_format="safetensors",  # never unpickle weights
+        enforce_eager=dev.enforce_eager(cfg.enforce_eager, device),
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        seed=seed,  # only unseeded requests draw from it; the controller seeds every request
+        logprobs_mode="processed_logprobs",
+        worker_extension_cls=EXTENSION,
+        disable_log_stats=True,
+        **dev.vllm_engine_kwargs(device, tensor_parallel_size=cfg.tensor_parallel_size),
+        **dev.vllm_memory_kwargs(cfg.memory_fraction, cfg.kv_cache_gib, device),
+    )
+    if device.is_gpu:
+        kwargs["enable_prefix_caching"] = True  # the n samples of a prompt share its KV blocks
+    if weight_transfer is not None:
+        if not device.is_gpu:
+            raise ValueError(f"vLLM weight transfer {weight_transfer!r} needs a GPU engine")
+        kwargs["weight_transfer_config"] = {"backend": weight_transfer}
+    return kwargs
+
+
 class RolloutWorker:
-    def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0):
-        dev.setup_process_env()
+    def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0,
+                 weight_transfer: str | None = None):
+        device = dev.setup_process_env()
         dev.share_cores(1)  # until the controller says otherwise
         # vLLM's INFO lines (engine config, loader, KV cache) would bury the run's own
         # output; warnings still show. VLLM_LOGGING_LEVEL=INFO brings them back.
@@ -50,22 +79,15 @@ class RolloutWorker:
         from vllm import LLM
 
         self.cfg = _section(cfg)
-        self.dtype = dev.rollout_dtype(self.cfg.dtype)  # "auto": bf16 only where native
         self._version = 0
+        kwargs = engine_kwargs(model_path, self.cfg, seed, device, weight_transfer if device.is_gpu else None)
+        self.weight_transfer = kwargs.get("weight_transfer_config", {}).get("backend")
+        self.dtype = kwargs["dtype"]
+        if self.weight_transfer == "ipc":
+            # IPC handles reach vLLM's engine-core process pickled (workers.vllm_transfer.pickled_ipc)
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         t0 = time.perf_counter()
-        self.llm = LLM(
-            model=model_path,
-            dtype=self.dtype,
-            load_format="safetensors",  # never unpickle weights
-            enforce_eager=dev.enforce_eager(self.cfg.enforce_eager),
-            tensor_parallel_size=self.cfg.tensor_parallel_size,
-            seed=seed,  # only unseeded requests draw from it; the controller seeds every request
-            logprobs_mode="processed_logprobs",
-            worker_extension_cls=EXTENSION,
-            disable_log_stats=True,
-            **dev.vllm_engine_kwargs(tensor_parallel_size=self.cfg.tensor_parallel_size),
-            **dev.vllm_memory_kwargs(self.cfg.memory_fraction, self.cfg.kv_cache_gib),
-        )
+        self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         self._sleeping = False
 
@@ -157,25 +179,35 @@ class RolloutWorker:
         config = self.llm.llm_engine.vllm_config
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         devices = [{"node_id": node_id, **d} for d in self.llm.collective_rpc("rlhf_device")]
-        return {"node_id": node_id, "devices": devices,
+        return {"node_id": node_id, "devices": devices, "weight_transfer": self.weight_transfer,
                 "num_engine_workers": config.parallel_config.world_size,
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
-    def sleep(self) -> bool:
-        """GPU: free weights and KV cache while the trainer runs. CPU: no-op, False."""
+    def sleep(self, level: int = 1) -> dict:
+        """GPU: free the engine's memory while the trainer runs. Level 2 drops the weights
+        too (no host copy): for when a weight sync follows anyway; level 1 keeps them in host
+        memory. Returns {"slept", "freed_gib"}: device memory freed, measured by each vLLM
+        worker process on its GPU (the smallest over them). CPU: a no-op."""
         if not dev.detect().is_gpu:
-            return False
-        self.llm.sleep(level=1)
+            return {"slept": False, "freed_gib": 0.0}
+        if level not in (1, 2):
+            raise ValueError(f"vLLM sleep level must be 1 or 2, got {level}")
+        before = self.llm.collective_rpc("rlhf_free_device_bytes")
+        self.llm.sleep(level=level)
+        after = self.llm.collective_rpc("rlhf_free_device_bytes")
         self._sleeping = True
-        return True
+        return {"slept": True, "freed_gib": min(a - b for a, b in zip(after, before)) / 2**30}
 
-    def wake_up(self) -> bool:
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Reallocate what `sleep` freed: `tags` ["weights"] first (then sync into them),
+        ["kv_cache"] after the sync, so the KV cache and a sync's buffers never coexist;
+        None: everything. Returns whether the engine is fully awake again."""
         if not dev.detect().is_gpu or not self._sleeping:
             return False
-        self.llm.wake_up()
-        self._sleeping = False
-        return True
+        awake = self.llm.wake_up(tags)
+        self._sleeping = not awake
+        return awake
 
     def benchmark_reload(self, weights_path: str, repeats: int = 3) -> float:
         """Seconds of vLLM's in-place reload of in-memory weights (sync benchmark floor)."""
@@ -198,3 +230,24 @@ class RolloutWorker:
         return {"version": version, "buckets": min(r["buckets"] for r in reports),
                 "tensors": min(r["tensors"] for r in reports)}
 
+    # ---------------------------------------------------------------- weight sync by vLLM's engines (GPU)
+    def vllm_weight_update(self, method: str, payload: dict | None = None) -> bool:
+        """One step of vLLM's weight-update protocol on every worker of this engine
+        (`workers.vllm_transfer.RolloutClient` drives it); the update's end drops the KV
+        blocks computed with the old weights."""
+        from workers.vllm_transfer import WORKER_METHODS
+
+        if method not in WORKER_METHODS:
+            raise ValueError(f"not a vLLM weight-update method: {method!r}")
+        key = WORKER_METHODS[method]
+        self.llm.collective_rpc(method, kwargs={key: payload} if key else None)
+        if method == "finish_weight_update":
+            self.llm.reset_prefix_cache()
+        return True
+
+    def adopt_weight_version(self, version: int) -> int:
+        """The weights loaded by the last vLLM update are `version`."""
+        if version <= self._version:
+            raise ValueError(f"weight version must increase: have {self._version}, got {version}")
+        self._version = version
+        return version

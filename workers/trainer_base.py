@@ -70,6 +70,10 @@ class RankWorker:
 
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = dev.bind_local_device(local_rank)
+        if self.device.type == "cuda":
+            # DeepSpeed binds cuda:LOCAL_RANK and hands it to NCCL as device_id: it must be this
+            # rank's GPU among those Ray left visible (index 0 of one), not the node-local rank
+            os.environ["LOCAL_RANK"] = str(self.device.index)
         deepspeed.init_distributed(dist_backend=dev.detect().dist_backend, auto_mpi_discovery=False,
                                    verbose=False, timeout=timedelta(seconds=DIST_TIMEOUT_S))
         self.setup()
@@ -201,9 +205,10 @@ def response_values(model, batch: Batch, *, device: torch.device) -> Tensor:
 def deepspeed_config(cfg: TrainerSection, *, micro_batch_size: int, grad_accum: int, world_size: int,
                      bf16: bool, device: dev.Device | None = None) -> dict:
     """DeepSpeed config of one trainer role. Batch sizes come from the PPO batch
-    arithmetic (one optimizer step per mini-batch); the optimizer is AdamW. On CPU it
-    is torch's AdamW (DeepSpeed's fused/CPU Adam need compiled ops)."""
+    arithmetic (one optimizer step per mini-batch); the optimizer is AdamW, one that
+    needs no op compiled at run time (`workers.device.adam_choice`)."""
     device = device or dev.detect()
+    _, adam_params, adam_config = dev.adam_choice(device.is_gpu, cfg.offload_optimizer, dev.prebuilt_deepspeed_ops())
     if cfg.offload_params and cfg.zero_stage != 3:
         raise ValueError("trainer.offload_params needs zero_stage 3")
     zero: dict = {"stage": cfg.zero_stage}
@@ -221,7 +226,8 @@ def deepspeed_config(cfg: TrainerSection, *, micro_batch_size: int, grad_accum: 
         "gradient_clipping": cfg.grad_clip,
         "optimizer": {"type": "AdamW", "params": {
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": list(ADAM_BETAS), "eps": 1e-8,
-            "torch_adam": not device.is_gpu}},
+            **adam_params}},
+        **adam_config,
         "bf16": {"enabled": bf16},
         "zero_optimization": zero,
         "steps_per_print": 1 << 30,

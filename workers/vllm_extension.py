@@ -2,7 +2,8 @@
 
 vLLM mixes this class into its worker (`LLM(worker_extension_cls=...)`); the
 RolloutWorker calls the methods through `llm.collective_rpc("rlhf_...", args=...)`.
-Method names carry an `rlhf_` prefix: the CPU worker already owns `update_weights`
+This is the CPU path (shared memory, gloo); GPU syncs use vLLM's own weight-transfer
+engines (workers/vllm_transfer.py). Method names carry an `rlhf_` prefix: the CPU worker already owns `update_weights`
 and friends. Arguments are metadata only (vLLM's RPC serialiser turns tensors into
 Python lists); the bytes come through the transport named in the spec.
 
@@ -56,6 +57,10 @@ class WeightReceiverExtension:
         if self.device.type != "cuda":
             return {"kind": "cpu", "gpu": None}
         return {"kind": "cuda", "gpu": dev.physical_gpu(self.device.index)}
+
+    def rlhf_free_device_bytes(self) -> int:
+        """Free memory of this process's GPU (device-wide, as vLLM's own sleep log measures it)."""
+        return torch.cuda.mem_get_info(self.device)[0]
 
     def rlhf_load_bucket(self, meta: dict) -> int:
         """Receive bucket `meta["index"]` and load it; bucket 0 opens the update session."""
@@ -142,19 +147,12 @@ class WeightReceiverExtension:
         if transport == "process_group":
             import torch.distributed as dist
 
-            flat = dev.comm_buffer(meta["nbytes"], local_index=self._rlhf_device_index())
+            flat = dev.comm_buffer(meta["nbytes"])
             opts = dist.BroadcastOptions()
             opts.rootRank = 0
             self._rlhf_group.broadcast([flat], opts).wait()
             return flat
-        if transport == "cuda_ipc":  # UNTESTED (no GPU here)
-            return dev.open_ipc_handle(meta["ipc_handle"], self._rlhf_device_index())
         raise ValueError(f"unknown weight-sync transport {transport!r}")
-
-    def _rlhf_device_index(self) -> int:
-        """This process's index of its GPU (vLLM's, not the local rank: indices are relabelled
-        by the visible devices); 0 on CPU."""
-        return self.device.index or 0
 
     def _rlhf_close_group(self) -> None:
         self._rlhf_group = None

@@ -4,11 +4,13 @@ After each actor update the trainer's rank 0 holds full HF-named tensors (gather
 from ZeRO shards by the caller). `WeightSender.send` casts them to the engines' dtype,
 packs them into flat byte buckets and moves each bucket to every rollout worker:
 
-    shm            same node, CPU: the bucket is written once into a /dev/shm file, the
-                   vLLM worker maps the file and loads views of it (zero-copy).
-    cuda_ipc       same node, GPU twin of shm: an IPC handle of the GPU bucket (UNTESTED).
-    process_group  any node: broadcast over a dedicated gloo (CPU) / NCCL (GPU) group
-                   between the sender (rank 0) and the vLLM worker processes (ranks 1..N).
+    shm            same node, a CPU side: the bucket is written once into a /dev/shm file,
+                   the vLLM worker maps the file and loads views of it (zero-copy).
+    process_group  CPU nodes: broadcast over a dedicated gloo group between the sender
+                   (rank 0) and the vLLM worker processes (ranks 1..N).
+
+Between GPUs (cuda_ipc, NCCL) the sync runs on vLLM's own weight-transfer engines:
+workers/vllm_transfer.py. `choose_sync` picks the transport for both.
 
 Only bucket metadata (names, shapes, dtypes, offsets) travels by Ray call: one call per
 bucket per rollout worker, plus one `finish_weight_update` per worker per sync. The
@@ -179,39 +181,8 @@ class _ShmTransport:
         self.maps.clear()
 
 
-class _CudaIpcTransport:
-    """GPU twin of shm: buckets stay on the trainer GPU, receivers open IPC handles.
-    UNTESTED here (no GPU). Buckets are kept alive until the sync finishes."""
-
-    def __init__(self):
-        self.live: list[Tensor] = []
-
-    def spec(self) -> dict:
-        return {"transport": "cuda_ipc"}
-
-    def setup(self, handles, rank_offsets, world_size):
-        return []
-
-    def alloc(self, index: int, nbytes: int) -> Tensor:
-        buf = dev.comm_buffer(nbytes)
-        self.live.append(buf)
-        return buf
-
-    def stage(self, index: int, flat: Tensor) -> dict:
-        return {"ipc_handle": dev.ipc_handle(flat)}
-
-    def push(self, flat: Tensor) -> None:
-        pass
-
-    def end_sync(self):
-        self.live.clear()  # every receiver has loaded (and dropped) the handles
-
-    def close(self):
-        self.live.clear()
-
-
 class _ProcessGroupTransport:
-    """Broadcast from rank 0 over a dedicated group (never the default group)."""
+    """CPU nodes: broadcast from rank 0 over a dedicated gloo group (never the default group)."""
 
     def __init__(self):
         self.group = None
@@ -239,7 +210,7 @@ class _ProcessGroupTransport:
         return refs
 
     def alloc(self, index: int, nbytes: int) -> Tensor:
-        # One reusable buffer: a bucket is fully broadcast before the next is packed.
+        # One reusable buffer: push (a blocking gloo broadcast) has sent bucket k before k+1 is packed.
         if self.buf is None or self.buf.numel() < nbytes:
             self.buf = dev.comm_buffer(nbytes)
         return self.buf[:nbytes]
@@ -261,7 +232,31 @@ class _ProcessGroupTransport:
         self.group, self.store, self.buf = None, None, None
 
 
-TRANSPORTS = {"shm": _ShmTransport, "cuda_ipc": _CudaIpcTransport, "process_group": _ProcessGroupTransport}
+TRANSPORTS = {"shm": _ShmTransport, "process_group": _ProcessGroupTransport}
+# GPU syncs (cuda_ipc, and process_group between GPUs) go through vLLM's engines: workers/vllm_transfer.py
+
+
+IN_FLIGHT_BUCKETS = 2  # buckets whose receivers may still be loading while the next is packed
+
+
+class InFlight:
+    """Bounded pipeline of buckets: `add(refs)` the receivers' calls of bucket k, then wait
+    (`wait(refs)`) only for buckets older than the newest `depth`, oldest first; the
+    sender packs on meanwhile. `drain()` waits for the rest."""
+
+    def __init__(self, depth: int, wait: Callable[[list], object]):
+        if depth < 1:
+            raise ValueError(f"in-flight depth must be >= 1, got {depth}")
+        self.depth, self.wait, self.pending = depth, wait, []
+
+    def add(self, refs: list) -> None:
+        self.pending.append(refs)
+        while len(self.pending) > self.depth:
+            self.wait(self.pending.pop(0))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.wait(self.pending.pop(0))
 
 
 @dataclass
@@ -290,27 +285,23 @@ class WeightSender:
         self.receivers: list[_Receiver] = []
         self._transport = None
 
-    def connect(self, rollout_handles: list, device: torch.device | None = None) -> str:
+    def connect(self, rollout_handles: list, device: torch.device | None = None,
+                senders: list[dev.DeviceReport] | None = None, infos: list[dict] | None = None) -> str:
         """Set the transport up with these RolloutWorker actors; returns its name.
-        `device`: where the sent weights live (default: this process's device)."""
+        `device`: where the sent weights live (default: this process's device); `senders`:
+        every actor rank's DeviceReport (default: this process's); `infos`: the engines'
+        `engine_info` if already fetched."""
         import ray
 
         self.close()
-        infos = ray.get([h.engine_info.remote() for h in rollout_handles])
-        if self.requested_dtype == "auto":
-            dtypes = {info["dtype"] for info in infos}
-            if len(dtypes) != 1:
-                raise RuntimeError(f"weight sync: rollout engines disagree on their dtype: {sorted(dtypes)}")
-            self.dtype = dtype_of(dtypes.pop())
-        name = self.requested
-        if name == "auto":
-            here = ray.get_runtime_context().get_node_id()
-            sender = dev.device_report(here, device if device is not None else dev.detect().torch_device())
-            name = dev.choose_transport(sender, [dev.DeviceReport(**d) for info in infos for d in info["devices"]])
+        infos = infos if infos is not None else ray.get([h.engine_info.remote() for h in rollout_handles])
+        self.dtype, name = choose_sync(infos, self.requested, self.requested_dtype, senders, device)
         offsets, world = [], 1
         for info in infos:
             offsets.append(world)
             world += info["num_engine_workers"]
+        if name not in TRANSPORTS:
+            raise RuntimeError(f"weight sync by {name}: a GPU transport, run by vLLM's engines (workers/vllm_transfer.py)")
         self._transport = TRANSPORTS[name]()
         self.receivers = [_Receiver(h, off) for h, off in zip(rollout_handles, offsets)]
         refs = self._transport.setup(rollout_handles, offsets, world)
@@ -332,20 +323,19 @@ class WeightSender:
             raise RuntimeError("WeightSender.send before connect()")
         t0 = time.perf_counter()
         nbytes = ntensors = nbuckets = 0
-        pending = []
+        in_flight = InFlight(IN_FLIGHT_BUCKETS, ray.get)
         for index, (flat, metas) in enumerate(pack_buckets(named_tensors, self.bucket_bytes, self.dtype,
                                                            alloc=self._transport.alloc)):
             meta = {"index": index, "nbytes": flat.numel(), "tensors": metas, **self._transport.stage(index, flat)}
             refs = [r.handle.receive_bucket.remote(meta) for r in self.receivers]
+            # process_group: returns once the bytes are sent (the buffer is free again);
+            # the receivers load bucket k while the next loop packs bucket k+1
             self._transport.push(flat)
-            if self.transport_name == "process_group":
-                ray.get(refs)  # the shared send buffer is reused by the next bucket
-            else:
-                pending += refs  # one file/handle per bucket: let receivers catch up
+            in_flight.add(refs)
             nbytes += flat.numel()
             ntensors += len(metas)
             nbuckets += 1
-        ray.get(pending)
+        in_flight.drain()
         reports = ray.get([r.handle.finish_weight_update.remote(version) for r in self.receivers])
         for report in reports:
             if report["tensors"] != ntensors or report["buckets"] != nbuckets:
@@ -366,6 +356,27 @@ class WeightSender:
             self.close()
         except Exception:
             pass
+
+
+def choose_sync(infos: list[dict], transport: str, dtype, senders: list[dev.DeviceReport] | None = None,
+                device: torch.device | None = None) -> tuple[torch.dtype, str]:
+    """(dtype, transport) of a sync to engines reporting `infos` (`RolloutWorker.engine_info`):
+    dtype "auto" is the engines' (they must agree); transport "auto" follows the devices
+    (`workers.device.choose_transport`) of the `senders` (default: this process on `device`)."""
+    if dtype == "auto":
+        dtypes = {info["dtype"] for info in infos}
+        if len(dtypes) != 1:
+            raise RuntimeError(f"weight sync: rollout engines disagree on their dtype: {sorted(dtypes)}")
+        dtype = dtypes.pop()
+    if transport != "auto":
+        return dtype_of(dtype), transport
+    if not senders:
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        senders = [dev.device_report(here, device if device is not None else dev.detect().torch_device())]
+    receivers = [dev.DeviceReport(**d) for info in infos for d in info["devices"]]
+    return dtype_of(dtype), dev.choose_transport(senders, receivers)
 
 
 def bucket_count(sizes_bytes: Iterable[int], bucket_bytes: int) -> int:

@@ -198,6 +198,14 @@ def _check_gpus(cfg: RunConfig) -> None:
     if (tp > 1 or gpus > 1) and gpus != tp:
         raise ConfigError(f"config key 'rollout.tensor_parallel_size' ({tp}) must equal rollout.num_gpus ({gpus:g}) "
                           f"when either is above 1: each tensor-parallel rank of an engine needs one GPU")
+    hybrid = cfg.cluster.placement == "colocated" and 0 < gpus < 1 and 0 < cfg.actor.num_gpus < 1
+    if hybrid and cfg.rollout.num_workers > cfg.actor.num_workers:
+        raise ConfigError(f"config key 'rollout.num_workers' ({cfg.rollout.num_workers}) must not exceed "
+                          f"actor.num_workers ({cfg.actor.num_workers}) in the hybrid engine: each engine shares "
+                          f"the GPU of one actor rank and takes its weights from it")
+    if 0 < gpus < 1 and cfg.rollout.memory_fraction > gpus + 1e-9:
+        raise ConfigError(f"config key 'rollout.memory_fraction' ({cfg.rollout.memory_fraction:g}) must not exceed "
+                          f"rollout.num_gpus ({gpus:g}): an engine sharing its GPU may use only its share of the memory")
 
 
 # ---------------------------------------------------------------- sft / rm stages

@@ -74,7 +74,7 @@ class RolloutSection:
     tensor_parallel_size: int = positive(1)  # GPUs each engine shards its model over (rollout.num_gpus must equal it)
     num_cpus: float = positive(0.5)    # Ray CPUs per engine
     num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
-    sleep_between_steps: bool = False  # GPU colocated: free KV cache while training (vLLM sleep mode)
+    sleep_between_steps: Optional[bool] = None  # vLLM sleep mode while training; None: on in the hybrid engine (colocated, rollout.num_gpus < 1)
 
 
 @dataclass

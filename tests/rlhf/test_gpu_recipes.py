@@ -62,3 +62,33 @@ def test_tensor_parallel_size_must_match_the_engine_gpus():
             load_config(RECIPES / "grpo_tiny.yaml", overrides)
     with pytest.raises(ConfigError, match="'rollout.tensor_parallel_size' must be > 0"):
         load_config(RECIPES / "grpo_tiny.yaml", ["rollout.tensor_parallel_size=0"])
+
+
+def node(gpus: float) -> dict:
+    return {"CPU": 64.0, "GPU": gpus, "memory": 512e9}
+
+
+def test_hybrid_recipe_fills_one_8_gpu_node():
+    from rlhf.roles import colocated_plan, rollout_sleeps, weight_transfer_backend
+
+    cfg = load_config(RECIPES / "grpo_gsm8k_qwen2.5_0.5b_hybrid.yaml", ["model.policy=/models/qwen"])
+    reqs = role_requests(cfg)
+    plan = colocated_plan(reqs)
+    assert len(plan.shared) == 8 and header_gpus(RECIPES / "grpo_gsm8k_qwen2.5_0.5b_hybrid.yaml") == 8
+    assert [sum(f for _, _, f in plan.shared[b]) for b in range(8)] == pytest.approx([1.0] + [0.8] * 7)
+    checked = plan.check_requests(reqs)
+    assert resource_problems(checked, [node(8)]) == []
+    assert any("'GPU'" in p for p in resource_problems(checked, [node(7)]))
+    assert weight_transfer_backend(cfg) == "ipc" and rollout_sleeps(cfg)
+
+
+def test_7b_split_recipe_needs_two_8_gpu_nodes():
+    from rlhf.roles import rollout_sleeps, weight_transfer_backend
+
+    name = "grpo_gsm8k_qwen2.5_7b_split.yaml"
+    cfg = load_config(RECIPES / name, ["model.policy=/models/qwen7b"])
+    assert header_gpus(RECIPES / name) == 16 and gpus_asked(cfg) == 15
+    assert resource_problems(role_requests(cfg), [node(8), node(8)]) == []
+    assert any("'GPU'" in p for p in resource_problems(role_requests(cfg), [node(8)]))
+    assert weight_transfer_backend(cfg) == "nccl" and not rollout_sleeps(cfg)
+    assert cfg.rollout.tensor_parallel_size == cfg.rollout.num_gpus == 2

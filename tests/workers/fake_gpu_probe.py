@@ -45,8 +45,55 @@ class Probe:
         return out
 
 
+    def engine_args(self, model_path: str, rollout_cfg: dict, weight_transfer) -> dict:
+        """The vLLM engine arguments a RolloutWorker on this rank's device would start with."""
+        from workers import device as dev
+        from workers.rollout import engine_kwargs
+
+        gpu = bool(dev.ray_gpu_ids())
+        device = dev.Device("cuda", "nccl", "cuda_ipc", True) if gpu else dev.Device("cpu", "gloo", "shm", False)
+        return engine_kwargs(model_path, rollout_cfg, 0, device, weight_transfer)
+
+
 def reports(group) -> list[dict]:
     return group.run_all("report")
+
+
+HYBRID = ["cluster.placement=colocated", "actor.num_workers=2", "rollout.num_workers=2",
+          "actor.num_gpus=0.4", "rollout.num_gpus=0.4", "rollout.memory_fraction=0.35", "reference.num_gpus=0.2",
+          "train.micro_batch_size=32"]
+
+
+def engine_args(rollout_group, cfg) -> list[dict]:
+    """What each rollout rank would pass to vllm.LLM for this config (the run's backend choice)."""
+    import dataclasses
+
+    from rlhf.roles import weight_transfer_backend
+
+    return rollout_group.run_all("engine_args", "/models/qwen", dataclasses.asdict(cfg.rollout),
+                                 weight_transfer_backend(cfg))
+
+
+def hybrid_run_reports() -> dict:
+    from rlhf.config import load_config
+    from rlhf.roles import make_placement, role_requests
+    from workers.group import WorkerGroup
+
+    cfg = load_config(ROOT / "recipes" / "grpo_tiny.yaml", HYBRID)
+    placement = make_placement(cfg, role_requests(cfg))
+    out, groups = {"bundles": placement.groups[0].bundle_specs, "slots": {}}, []
+    for req in role_requests(cfg):
+        pg, idx = placement.of(req.role)
+        out["slots"][req.role] = idx
+        group = WorkerGroup(Probe, req.count, num_cpus=req.num_cpus, num_gpus=req.num_gpus,
+                            placement_group=pg, bundle_indices=idx, name=req.role, distributed=False)
+        groups.append(group)
+        out[req.role] = reports(group)
+    out["engine_args"] = engine_args(groups[0], cfg)
+    for g in groups:
+        g.kill(grace_s=0)
+    placement.remove()
+    return out
 
 
 def main() -> int:
@@ -83,6 +130,7 @@ def main() -> int:
                                            distributed=False)
         groups["cpu_role"] = WorkerGroup(Probe, 1, num_cpus=0.5, num_gpus=0.0, name="cpu_role", distributed=False)
         out["roles"] = {role: reports(g) for role, g in groups.items()}
+        out["recipe_engine_args"] = engine_args(groups["rollout"], cfg)
         for g in groups.values():
             g.kill(grace_s=0)
         placement.remove()
@@ -97,6 +145,9 @@ def main() -> int:
         for g in shared.values():
             g.kill(grace_s=0)
         remove_placement_group(pg)
+        # 3. The hybrid engine as a run places it: colocated, 2 actor ranks and 2 engines
+        #    at 0.4 GPU each, the reference at 0.2 (rlhf.roles.colocated_plan).
+        out["hybrid_run"] = hybrid_run_reports()
     finally:
         ray.shutdown()
     print(json.dumps(out))

@@ -156,6 +156,19 @@ def test_transport_choice(sender, receivers, transport):
     assert dev.choose_transport(sender, receivers) == transport
 
 
+@pytest.mark.parametrize("senders, receivers, transport", [
+    # hybrid engine, 2 GPUs: engine i shares GPU i with actor rank i, each rank hands its copy
+    ([cuda("a", "GPU-U1"), cuda("a", "GPU-U2")], [cuda("a", "GPU-U1"), cuda("a", "GPU-U2")], "cuda_ipc"),
+    # an engine on a GPU no actor rank holds
+    ([cuda("a", "GPU-U1"), cuda("a", "GPU-U2")], [cuda("a", "GPU-U1"), cuda("a", "GPU-U3")], "process_group"),
+    # the same UUID name seen from another node is another device
+    ([cuda("a", "node-gpu-0"), cuda("b", "node-gpu-1")], [cuda("b", "node-gpu-0")], "process_group"),
+    ([cuda("a", "GPU-U1"), cuda("b", "GPU-U5")], [cuda("b", "GPU-U5")], "cuda_ipc"),
+])
+def test_transport_choice_with_every_actor_rank_sending(senders, receivers, transport):
+    assert dev.choose_transport(senders, receivers) == transport
+
+
 def test_transport_choice_refuses_what_cannot_work():
     with pytest.raises(ValueError, match="CPU and GPU processes on different nodes"):
         dev.choose_transport(cpu("a"), [cuda("b", "GPU-U1")])

@@ -67,3 +67,41 @@ def test_transport_follows_the_physical_gpu(probe):
     assert dev.choose_transport(report(hybrid["actor"]),
                                 [report(hybrid["rollout"]), report(hybrid["rollout_alone"])]) == "process_group"
     assert dev.choose_transport(report(roles["cpu_role"][0]), [report(roles["cpu_role"][0])]) == "shm"
+
+
+def test_hybrid_engine_shares_each_gpu_between_an_actor_rank_and_an_engine(probe):
+    run = probe["hybrid_run"]
+    assert run["bundles"][:2] == [{"GPU": 1.0, "CPU": 1.25}, {"GPU": 1.0, "CPU": 1.0}]
+    assert run["slots"] == {"rollout": [0, 1], "actor": [0, 1], "reference": [0]}
+    for rank in (0, 1):
+        actor, engine = run["actor"][rank], run["rollout"][rank]
+        assert actor["gpu"] == engine["gpu"] and actor["visible"] == engine["visible"]
+        assert dev.choose_transport(report(actor), [report(engine)]) == "cuda_ipc"
+    assert run["actor"][0]["gpu"] != run["actor"][1]["gpu"]
+    assert run["reference"][0]["gpu"] == run["actor"][0]["gpu"]
+    # each engine shares its GPU with a different actor rank: every actor rank hands its
+    # own copy by IPC (vLLM's ipc engine merges the handles per GPU UUID)
+    engines = [report(e) for e in run["rollout"]]
+    assert dev.choose_transport([report(a) for a in run["actor"]], engines) == "cuda_ipc"
+    assert dev.choose_transport(report(run["actor"][0]), engines) == "process_group"  # rank 0 alone cannot
+
+
+def test_vllm_gets_the_weight_transfer_engine_of_its_layout(probe):
+    from workers.vllm_transfer import backend_for
+
+    # hybrid: vLLM's ipc engine; each sync is cuda_ipc from both actor ranks
+    run = probe["hybrid_run"]
+    for args in run["engine_args"]:
+        assert args["weight_transfer_config"] == {"backend": "ipc"}
+        assert args["enable_sleep_mode"] and args["gpu_memory_utilization"] == 0.35
+        assert args["enforce_eager"] is False and args["enable_prefix_caching"] is True  # CUDA graphs on GPU
+        assert "distributed_executor_backend" not in args  # vLLM's default for one GPU
+    engines = [report(e) for e in run["rollout"]]
+    transport = dev.choose_transport([report(a) for a in run["actor"]], engines)
+    assert backend_for(transport, ["ipc", "ipc"], on_gpus=True) == "ipc"
+    # the PPO recipe's own GPUs: NCCL from the actor to the engine
+    (args,) = probe["recipe_engine_args"]
+    assert args["weight_transfer_config"] == {"backend": "nccl"}
+    roles = probe["roles"]
+    transport = dev.choose_transport([report(r) for r in roles["actor"]], [report(roles["rollout"][0])])
+    assert backend_for(transport, ["nccl"], on_gpus=True) == "nccl"

@@ -102,9 +102,9 @@ def test_state_verbs(rollout_worker, prompt_ids):
     if not detect().is_gpu:  # sleep mode is GPU-only: on CPU the engine must keep serving as before
         kw = dict(n=2, temperature=1.0, max_new_tokens=4, seed=5)
         before = ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw))
-        assert ray.get(rollout_worker.sleep.remote()) is False
+        assert ray.get(rollout_worker.sleep.remote(2)) == {"slept": False, "freed_gib": 0.0}
         assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
-        assert ray.get(rollout_worker.wake_up.remote()) is False
+        assert ray.get(rollout_worker.wake_up.remote(["weights"])) is False
         assert ray.get(rollout_worker.generate.remote(prompt_ids[:2], **kw)) == before
 
 
