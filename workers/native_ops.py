@@ -10,7 +10,8 @@ TORCH_EXTENSIONS_DIR is set), and `scripts/setup.sh` builds the ops there:
 
     python -m workers.native_ops        # prints what it built and how long it took
 
-On GPU nothing is built here (no op is needed to start a NCCL world).
+On GPU nothing is built here: a NCCL world needs no op, and the trainers use torch's
+fused AdamW unless DeepSpeed was installed with its ops prebuilt (`workers.device.adam_choice`).
 """
 from __future__ import annotations
 
