@@ -173,6 +173,13 @@ def _check_batch_arithmetic(cfg: RunConfig) -> None:
 
 def _check_ranges(cfg: RunConfig) -> None:
     """Ranges that depend on another key."""
+    algo = cfg.algorithm
+    if algo.policy_loss.startswith("gspo") and algo.dual_clip is not None:
+        raise ConfigError(f"config key 'algorithm.dual_clip' must be unset with algorithm.policy_loss="
+                          f"{algo.policy_loss!r} (GSPO clips whole sequences with clip_low / clip_high)")
+    if algo.filter_groups and not algo.needs.groups:
+        raise ConfigError(f"config key 'algorithm.filter_groups' needs a group-based algorithm.adv_estimator "
+                          f"(grpo, rloo, reinforce++-baseline), not {algo.adv_estimator!r}")
     if cfg.algorithm.overlong_buffer > cfg.rollout.max_new_tokens:
         raise ConfigError(f"config key 'algorithm.overlong_buffer' ({cfg.algorithm.overlong_buffer}) must be <= "
                           f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")

@@ -54,6 +54,16 @@ def test_config_errors_name_the_key_before_anything_starts(tmp_path, capsys, ove
     refused(cli(tmp_path, override), capsys, needle, tmp_path)
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (("algorithm.policy_loss=gspo", "algorithm.dual_clip=3"),
+     "config key 'algorithm.dual_clip' must be unset with algorithm.policy_loss='gspo'"),
+    (("algorithm.adv_estimator=reinforce++", "algorithm.filter_groups=true"),
+     "config key 'algorithm.filter_groups' needs a group-based algorithm.adv_estimator"),
+])
+def test_algorithm_combinations_are_refused(tmp_path, capsys, overrides, needle):
+    refused(cli(tmp_path, *overrides), capsys, needle, tmp_path)
+
+
 # Negative or zero sizes, rates and counts; values outside their range (rlhf.config.checks).
 @pytest.mark.parametrize("override", [
     "rollout.temperature=0", "rollout.temperature=-1", "rollout.top_p=0", "rollout.top_p=1.5",
@@ -68,6 +78,7 @@ def test_config_errors_name_the_key_before_anything_starts(tmp_path, capsys, ove
     "run.total_steps=0", "run.keep_checkpoints=0", "data.max_prompt_tokens=0", "data.eval_size=0",
     "algorithm.kl.coef=-0.1", "algorithm.kl.loss_coef=-1", "algorithm.kl.horizon=0",
     "sync.bucket_mb=0", "actor.zero_stage=5", "sync.transport=nccl", "data.template=jinja",
+    "algorithm.max_gen_batches=0",
 ])
 def test_out_of_range_values_are_refused_naming_the_key(tmp_path, capsys, override):
     key = override.split("=")[0]
