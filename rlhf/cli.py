@@ -5,6 +5,7 @@
     rlhf plot runs/<run_dir>                           PNG curves of a run
     rlhf sft recipes/sft_tiny.yaml [key=value ...]     supervised fine-tuning (rlhf.sft)
     rlhf rm recipes/rm_tiny.yaml [key=value ...]       reward-model training (rlhf.rm)
+    rlhf dpo recipes/dpo_tiny.yaml [key=value ...]     direct preference optimization (rlhf.dpo)
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf", description="RLHF on Ray with vLLM and DeepSpeed")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run a PPO-family recipe"), ("check", "validate a recipe"),
-                            ("sft", "supervised fine-tuning recipe"), ("rm", "reward-model recipe")):
+                            ("sft", "supervised fine-tuning recipe"), ("rm", "reward-model recipe"),
+                            ("dpo", "direct preference optimization recipe")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("recipe", help="recipe YAML (see recipes/)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. actor.lr=1e-5")
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot_run(args.run_dir))
             return 0
-        if args.command in ("sft", "rm"):
+        if args.command in ("sft", "rm", "dpo"):
             return run_stage(args.command, args.recipe, args.overrides)
         cfg = load_config(args.recipe, args.overrides)
         if args.command == "check":
@@ -72,16 +74,19 @@ def train(cfg) -> int:
 
 
 def run_stage(command: str, recipe: str, overrides: list[str]) -> int:
-    """`rlhf sft` / `rlhf rm`: load the stage's config, then setup -> train -> finish -> cleanup."""
-    from rlhf.config import RMConfig, SFTConfig, load_config
+    """`rlhf sft` / `rlhf rm` / `rlhf dpo`: load the stage's config, then setup -> train -> finish -> cleanup."""
+    from rlhf.config import DPOConfig, RMConfig, SFTConfig, load_config
     from rlhf.stage_run import execute, run_to_end
 
     if command == "sft":
         from rlhf.sft import SFTRun as stage_cls
         schema = SFTConfig
-    else:
+    elif command == "rm":
         from rlhf.rm import RMRun as stage_cls
         schema = RMConfig
+    else:
+        from rlhf.dpo import DPORun as stage_cls
+        schema = DPOConfig
     return execute(lambda cfg: run_to_end(stage_cls(cfg)), load_config(recipe, overrides, schema=schema))
 
 

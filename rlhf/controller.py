@@ -26,6 +26,7 @@ from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
+from rlhf.group_filter import GroupFilter, SampledRound
 from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
 from rlhf.seeds import derive_seed
@@ -114,18 +115,11 @@ class PPOTrainer:
     def step(self) -> dict:
         cfg, t, metrics = self.cfg, self.timer, {}
         step_start = time.perf_counter()
-        rows = self.train_set.rows(self.sampler.next_indices())
-
-        # step 1. generate n responses per prompt with the current policy (vLLM)
-        with t("generate"):
-            self.roles.share_cores(self.rollout)
-            batch, texts, finish = self._generate(rows, cfg.rollout.n, cfg.rollout.temperature,
-                                                  seed_key=("train", self.step_index))
-        # step 2. score them: reward functions (process pool) and the reward model
-        with t("reward"):
-            self.roles.share_cores(self.reward_model)
-            scores, reward_metrics = self._score(batch, rows, texts, finish, cfg.rollout.n)
-            batch = batch.replace(scores=scores)
+        # step 1-2. generate n responses per prompt (vLLM) and score them; algorithm.filter_groups:
+        # more rounds until enough groups have rewards that differ (DAPO dynamic sampling)
+        sampled = self._sample_and_score()
+        rows, batch, texts, finish, reward_metrics = (sampled.rows, sampled.batch, sampled.texts,
+                                                      sampled.finish, sampled.metrics)
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
             self.roles.share_cores(None if self._update_scores_old() else self.actor, self.reference, self.critic)
@@ -161,6 +155,37 @@ class PPOTrainer:
         if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
             self._log_samples(rows, texts, batch.scores)
         return metrics
+
+    def _sample_and_score(self) -> SampledRound:
+        """One round of train.prompts_per_step prompts, or with algorithm.filter_groups as many
+        as it takes (at most max_gen_batches) to fill the step with informative groups."""
+        cfg, algo = self.cfg, self.cfg.algorithm
+        if not algo.filter_groups:
+            return self._sample_round(0)
+        keep = GroupFilter(cfg.train.prompts_per_step, cfg.rollout.n, algo.max_gen_batches,
+                           self.tokenizer.pad_token_id)
+        while not keep.done:
+            keep.add(self._sample_round(keep.rounds))
+        sampled = keep.result()
+        if sampled.metrics["rollout/filter_cap_hit"]:
+            say(f"step {self.step_index + 1}: only {keep.informative} of {cfg.train.prompts_per_step} groups had "
+                f"rewards that differ after algorithm.max_gen_batches={algo.max_gen_batches} rounds; the rest "
+                f"of the batch are zero-advantage groups")
+        return sampled
+
+    def _sample_round(self, round_index: int) -> SampledRound:
+        cfg, t, n = self.cfg, self.timer, self.cfg.rollout.n
+        rows = self.train_set.rows(self.sampler.next_indices())  # checkpoints save the sampler: resume sees every round
+        # step 1. generate n responses per prompt with the current policy (vLLM)
+        with t("generate"):
+            self.roles.share_cores(self.rollout)
+            seed_key = ("train", self.step_index) + ((round_index,) if round_index else ())
+            batch, texts, finish = self._generate(rows, n, cfg.rollout.temperature, seed_key=seed_key)
+        # step 2. score them: reward functions (process pool) and the reward model
+        with t("reward"):
+            self.roles.share_cores(self.reward_model)
+            scores, metrics = self._score(batch, rows, texts, finish, n)
+        return SampledRound(rows, batch.replace(scores=scores), texts, finish, metrics)
 
     def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
         """Returns the metrics and the batch, with the old log-probs when the update scored them.

@@ -1,4 +1,4 @@
-"""What `rlhf sft` and `rlhf rm` share: run directory, one DeepSpeed worker group, the
+"""What `rlhf sft`, `rlhf rm` and `rlhf dpo` share: run directory, one DeepSpeed worker group, the
 step loop with periodic held-out evaluation, HF export, cleanup.
 
 A stage subclass gives `load_data()`, `step(indices)` and `evaluate()`; this class

@@ -32,7 +32,7 @@ from rlhf.algorithms.losses import (
     value_loss,
 )
 from rlhf.algorithms.masked import masked_mean, masked_sum, masked_var, masked_whiten
-from rlhf.algorithms.preference import bradley_terry_loss
+from rlhf.algorithms.preference import DPO_LOSSES, bradley_terry_loss, dpo_loss
 from rlhf.algorithms.registry import Registry
 from rlhf.algorithms.shaping import (
     last_token_index,
@@ -45,6 +45,7 @@ from rlhf.algorithms.shaping import (
 __all__ = [
     "ADV_ESTIMATORS",
     "AGG_MODES",
+    "DPO_LOSSES",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
@@ -57,6 +58,7 @@ __all__ = [
     "bradley_terry_loss",
     "compute_advantages",
     "discounted_returns",
+    "dpo_loss",
     "estimator_needs",
     "entropy_from_logits",
     "entropy_loss",

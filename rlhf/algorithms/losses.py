@@ -228,3 +228,119 @@ def kl_loss(
         global_seq_count=global_seq_count,
         norm_length=norm_length,
     )
+
+
+def _sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, clamp: float) -> Tensor:
+    """log s_i = (1/|y_i|) sum_t mask * (log pi - log pi_old), clamped. Shape: (B, T) -> (B,)."""
+    mean_log_ratio = masked_mean(logprobs - old_logprobs, mask, -1)
+    return torch.clamp(mean_log_ratio, -clamp, clamp)
+
+
+def _gspo_clip(ratio: Tensor, advantages: Tensor, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+    """max(-A * r, -A * clip(r, 1 - clip_low, 1 + clip_high)) and where the clip is active."""
+    loss_unclipped = -advantages * ratio
+    loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(loss_unclipped, loss_clipped), loss_clipped > loss_unclipped
+
+
+def _gspo(logprobs, old_logprobs, advantages, response_mask, *, token_level, clip_low, clip_high, dual_clip,
+          agg_mode, global_token_count, global_seq_count, norm_length, is_weights, log_ratio_clamp):
+    if dual_clip is not None:
+        raise ValueError("dual_clip is a token-level PPO clip; GSPO clips whole sequences (leave it unset)")
+    mask = response_mask
+    log_seq_ratio = _sequence_log_ratio(logprobs, old_logprobs, mask, log_ratio_clamp)  # (B,)
+    if token_level:
+        # value sg[s_i] on every token, gradient that of log pi_t: s_i * pi_t / sg[pi_t]
+        ratio = torch.exp(log_seq_ratio.detach().unsqueeze(-1) + logprobs - logprobs.detach())
+        adv = advantages
+    else:
+        ratio = torch.exp(log_seq_ratio).unsqueeze(-1)
+        adv = masked_mean(advantages, mask, -1).unsqueeze(-1)  # A_i: the sequence's advantage
+    loss, clipped = _gspo_clip(ratio, adv, clip_low, clip_high)
+    loss = loss.expand_as(logprobs)
+    if is_weights is not None:
+        loss = loss * is_weights
+    pg_loss = aggregate_loss(loss, mask, agg_mode, global_token_count=global_token_count,
+                             global_seq_count=global_seq_count, norm_length=norm_length)
+    has_tokens = mask.sum(-1) > 0
+    metrics = {
+        # fraction of tokens whose (sequence) ratio was clipped; gspo: = of sequences, length-weighted
+        "pg_clipfrac": masked_mean(clipped.expand_as(logprobs).float(), mask).detach(),
+        "pg_clipfrac_lower": torch.zeros((), device=logprobs.device),
+        "approx_kl": masked_mean(-(logprobs - old_logprobs), mask).detach(),
+        "seq_ratio_mean": masked_mean(torch.exp(log_seq_ratio), has_tokens.float()).detach(),
+    }
+    return pg_loss, metrics
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    dual_clip: float | None = None,
+    agg_mode: str = "seq-mean-token-mean",
+    global_token_count: int | Tensor | None = None,
+    global_seq_count: int | Tensor | None = None,
+    norm_length: int | None = None,
+    is_weights: Tensor | None = None,
+    log_ratio_clamp: float = 20.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO: sequence-level clipped surrogate (Zheng et al. 2025, arXiv:2507.18071, eq. 5-7).
+
+        s_i = (pi(y_i|x) / pi_old(y_i|x)) ** (1/|y_i|)
+            = exp( (1/|y_i|) * sum_t m_it * (log pi_it - log pi_old_it) )
+        L_i = max(-A_i * s_i, -A_i * clip(s_i, 1 - clip_low, 1 + clip_high))
+
+    The length-normalised ratio stays near 1 whatever the length, so the paper clips it
+    far tighter than a token ratio: clip_low = 3e-4, clip_high = 4e-4 (its defaults
+    here; the run config's algorithm.clip_low / clip_high are passed). A_i is the
+    masked mean of `advantages` over the row (the group-relative sequence advantage,
+    which the estimators put on every token). L_i sits on each valid token of row i
+    and `agg_mode` reduces it; "seq-mean-token-mean" (the default) gives the paper's
+    mean over sequences of L_i. Rows with no valid token contribute nothing.
+    Metrics: pg_clipfrac (valid tokens whose sequence was clipped), approx_kl,
+    seq_ratio_mean (mean s_i over non-empty rows); pg_clipfrac_lower is 0 (no dual clip).
+    Shape: logprobs, old_logprobs, advantages, response_mask (B, T) -> ().
+    """
+    return _gspo(logprobs, old_logprobs, advantages, response_mask, token_level=False, clip_low=clip_low,
+                 clip_high=clip_high, dual_clip=dual_clip, agg_mode=agg_mode,
+                 global_token_count=global_token_count, global_seq_count=global_seq_count,
+                 norm_length=norm_length, is_weights=is_weights, log_ratio_clamp=log_ratio_clamp)
+
+
+@POLICY_LOSSES.register("gspo_token")
+def gspo_token_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    dual_clip: float | None = None,
+    agg_mode: str = "seq-mean-token-mean",
+    global_token_count: int | Tensor | None = None,
+    global_seq_count: int | Tensor | None = None,
+    norm_length: int | None = None,
+    is_weights: Tensor | None = None,
+    log_ratio_clamp: float = 20.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO-token (Zheng et al. 2025, arXiv:2507.18071, eq. 13-14): per-token advantages
+    A_it with the sequence ratio's value.
+
+        s_it = sg[s_i] * pi_it / sg[pi_it]        (value s_i, gradient s_i * grad log pi_it)
+        L_it = max(-A_it * s_it, -A_it * clip(s_it, 1 - clip_low, 1 + clip_high))
+
+    With the same advantage on every token of a sequence and "seq-mean-token-mean"
+    aggregation its gradient equals GSPO's: (1/|y_i|) sum_t s_i grad log pi_it = grad s_i.
+    Same arguments, metrics and shapes as `gspo_loss`.
+    """
+    return _gspo(logprobs, old_logprobs, advantages, response_mask, token_level=True, clip_low=clip_low,
+                 clip_high=clip_high, dual_clip=dual_clip, agg_mode=agg_mode,
+                 global_token_count=global_token_count, global_seq_count=global_seq_count,
+                 norm_length=norm_length, is_weights=is_weights, log_ratio_clamp=log_ratio_clamp)

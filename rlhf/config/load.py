@@ -20,11 +20,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf.config.checks import ConfigError, check_fields
 from rlhf.config.schema import RunConfig
-from rlhf.config.stages import STAGE_SCHEMAS, RMConfig, SFTConfig
+from rlhf.config.stages import STAGE_SCHEMAS, DPOConfig, RMConfig, SFTConfig
 
 
 def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), schema: type | None = None):
-    """The typed config of `recipe` + `overrides`: a RunConfig (PPO), SFTConfig or RMConfig."""
+    """The typed config of `recipe` + `overrides`: a RunConfig (PPO), SFTConfig, RMConfig or DPOConfig."""
     layers = []
     if recipe is not None:
         path = Path(recipe)
@@ -173,6 +173,13 @@ def _check_batch_arithmetic(cfg: RunConfig) -> None:
 
 def _check_ranges(cfg: RunConfig) -> None:
     """Ranges that depend on another key."""
+    algo = cfg.algorithm
+    if algo.policy_loss.startswith("gspo") and algo.dual_clip is not None:
+        raise ConfigError(f"config key 'algorithm.dual_clip' must be unset with algorithm.policy_loss="
+                          f"{algo.policy_loss!r} (GSPO clips whole sequences with clip_low / clip_high)")
+    if algo.filter_groups and not algo.needs.groups:
+        raise ConfigError(f"config key 'algorithm.filter_groups' needs a group-based algorithm.adv_estimator "
+                          f"(grpo, rloo, reinforce++-baseline), not {algo.adv_estimator!r}")
     if cfg.algorithm.overlong_buffer > cfg.rollout.max_new_tokens:
         raise ConfigError(f"config key 'algorithm.overlong_buffer' ({cfg.algorithm.overlong_buffer}) must be <= "
                           f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
@@ -209,10 +216,10 @@ def _check_gpus(cfg: RunConfig) -> None:
 
 
 # ---------------------------------------------------------------- sft / rm stages
-def validate_stage(cfg: SFTConfig | RMConfig) -> None:
+def validate_stage(cfg: SFTConfig | RMConfig | DPOConfig) -> None:
     """Semantic checks of an `rlhf sft` / `rlhf rm` config."""
     check_fields(cfg)
-    unit = "pairs" if isinstance(cfg, RMConfig) else "sequences"
+    unit = "pairs" if isinstance(cfg, (RMConfig, DPOConfig)) else "sequences"
     t, ranks = cfg.train, cfg.trainer.num_workers
     if t.mini_batch_size % (ranks * t.micro_batch_size):
         raise ConfigError(f"config key 'train.mini_batch_size' ({t.mini_batch_size} {unit}) must be a multiple of "
@@ -241,4 +248,4 @@ def check_role_resources(role_resources: dict, roles: tuple[str, ...]) -> None:
                 raise ConfigError(f"config key '{key}.{name}' must be in (0, 1] or a whole number (got {amount:g})")
 
 
-_VALIDATORS = {RunConfig: validate, SFTConfig: validate_stage, RMConfig: validate_stage}
+_VALIDATORS = {RunConfig: validate, SFTConfig: validate_stage, RMConfig: validate_stage, DPOConfig: validate_stage}

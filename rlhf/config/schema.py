@@ -98,7 +98,7 @@ class AlgorithmSection:
     gamma: float = in_range(1.0, 0, 1, low_open=True)
     lam: float = in_range(0.95, 0, 1)
     norm_adv_by_std: bool = True       # grpo: False = Dr. GRPO (mean-only)
-    policy_loss: str = "vanilla"       # rlhf.algorithms.POLICY_LOSSES
+    policy_loss: str = "vanilla"       # rlhf.algorithms.POLICY_LOSSES: vanilla | gspo | gspo_token (GSPO: clip_low/high ~3e-4/4e-4)
     clip_low: float = in_range(0.2, 0, 1, low_open=True, high_open=True)  # PPO ratio clip below 1
     clip_high: float = positive(0.2)   # above 1 (clip-higher, DAPO: e.g. 0.28)
     dual_clip: Optional[float] = in_range(None, 1, None, low_open=True)  # c > 1: dual-clip of negative advantages (Ye 2020)
@@ -108,6 +108,8 @@ class AlgorithmSection:
     tis_cap: Optional[float] = positive(None)  # truncated IS weights rollout->trainer, capped (None: off)
     overlong_buffer: int = non_negative(0)  # DAPO soft overlong penalty window in tokens (0: off)
     overlong_penalty: float = non_negative(1.0)  # penalty at the full budget
+    filter_groups: bool = False        # DAPO dynamic sampling: drop all-equal-reward groups, generate more (group estimators)
+    max_gen_batches: int = positive(4)  # filter_groups: generation rounds per step at most (then train on what is there)
     kl: KLSection = field(default_factory=KLSection)
 
     @property

@@ -1,4 +1,4 @@
-"""Config schemas of the two supervised stages before PPO: `rlhf sft` and `rlhf rm`.
+"""Config schemas of the offline stages: `rlhf sft`, `rlhf rm` and `rlhf dpo`.
 
 Same machinery as the PPO schema (rlhf.config.schema): dataclasses -> OmegaConf,
 recipe YAML merged over the defaults, dotted overrides over the recipe. The
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rlhf.config.checks import non_negative, one_of, positive
+from rlhf.config.checks import in_range, non_negative, one_of, positive
 from rlhf.config.schema import ClusterSection, RunSection, TrainerSection
 
 
@@ -93,4 +93,29 @@ class RMConfig:
         return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size)
 
 
-STAGE_SCHEMAS = {"sft": SFTConfig, "rm": RMConfig}
+@dataclass
+class DPOTrainSection:
+    mini_batch_size: int = positive(16)  # PAIRS per optimizer step (over all ranks); 2 sequences each
+    micro_batch_size: int = positive(8)  # pairs per forward/backward on one rank
+    loss: str = one_of("sigmoid", "ipo", "cdpo")  # rlhf.algorithms.DPO_LOSSES: DPO | IPO | label-smoothed (cDPO)
+    beta: float = positive(0.1)        # KL strength: r = beta * (log pi - log pi_ref); IPO: its tau
+    label_smoothing: float = in_range(0.0, 0, 0.5, high_open=True)  # cdpo: probability a label is flipped
+
+
+@dataclass
+class DPOConfig:
+    stage: str = "dpo"                 # marks the recipe as an `rlhf dpo` recipe
+    run: RunSection = field(default_factory=lambda: RunSection(name="dpo", total_steps=200, eval_every=50))
+    model: StageModelSection = field(default_factory=StageModelSection)  # the policy; also the frozen reference
+    data: PreferenceDataSection = field(default_factory=PreferenceDataSection)
+    train: DPOTrainSection = field(default_factory=DPOTrainSection)
+    trainer: TrainerSection = field(default_factory=lambda: TrainerSection(lr=1e-4, warmup_steps=10))
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+
+    @property
+    def batch(self) -> StageBatchSection:
+        """A pair is two sequences (chosen, rejected) side by side in the batch."""
+        return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size)
+
+
+STAGE_SCHEMAS = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}

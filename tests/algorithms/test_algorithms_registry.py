@@ -43,7 +43,7 @@ def test_shipped_registries():
     assert alg.ADV_ESTIMATORS.names() == sorted(
         ["gae", "grpo", "rloo", "reinforce++", "reinforce++-baseline"]
     )
-    assert alg.POLICY_LOSSES.names() == ["vanilla"]
+    assert alg.POLICY_LOSSES.names() == ["gspo", "gspo_token", "vanilla"]
     assert alg.KL_ESTIMATORS.names() == ["abs", "k1", "k2", "k3"]
     assert alg.KL_CONTROLLERS.names() == ["adaptive", "fixed"]
     assert alg.AGG_MODES.names() == sorted(

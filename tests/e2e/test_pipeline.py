@@ -149,3 +149,29 @@ def test_zero3_trainer_syncs_through_process_group(ray_session, tiny, tmp_path):
     assert steps[-1]["rollout/weight_version"] == 1.0
     assert steps[-1]["sync/bytes"] > 1e6 and steps[-1]["sync/buckets"] >= 2
     assert steps[-1]["rollout/logprob_diff_mean"] < 0.05
+
+
+def test_gspo_with_dapo_dynamic_sampling(ray_session, tiny, tmp_path):
+    """GSPO's sequence ratio reaches the actor metrics; filtered rounds consume prompts and
+    the checkpoint's sampler position counts every one of them (resume stays in step)."""
+    from rlhf import checkpoint as ckpt
+
+    run_dir = run(tmp_path, "grpo_tiny.yaml", "run.total_steps=2", "run.save_every=1", "run.export_hf=false",
+                  "run.plots=false", "data.eval_path=null", "train.mini_batch_size=64", "algorithm.policy_loss=gspo",
+                  "algorithm.clip_low=3e-4", "algorithm.clip_high=4e-4", "algorithm.filter_groups=true",
+                  "algorithm.max_gen_batches=3")
+    steps = [r for r in read_metrics(run_dir) if r["step"] >= 1]
+    rounds = 0
+    for step in steps:
+        assert 1 <= step["rollout/gen_rounds"] <= 3
+        assert 0 < step["rollout/groups_kept_frac"] <= 1
+        # a step stops early only once it holds all 8 informative groups
+        assert step["rollout/filter_cap_hit"] == float(step["rollout/informative_groups_frac"] < 1)
+        assert step["rollout/gen_rounds"] == 3 or step["rollout/informative_groups_frac"] == 1
+        assert step["actor/seq_ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # on-policy: s_i = 1
+        rounds += int(step["rollout/gen_rounds"])
+    state = ckpt.read_state(ckpt.latest(run_dir))
+    assert state["step"] == 2
+    train_size = state["sampler"]["size"]
+    consumed = state["sampler"]["epoch"] * train_size + state["sampler"]["cursor"]
+    assert consumed == rounds * 8  # 8 prompts per round (train.prompts_per_step)

@@ -1,4 +1,4 @@
-"""End to end: SFT -> reward model -> PPO with both, a few steps each, real Ray + DeepSpeed.
+"""End to end: SFT -> reward model -> PPO with both, and DPO, a few steps each, real Ray + DeepSpeed.
 
 Shares the session's Ray and tiny models; the whole module takes ~2-3 minutes on 2 cores.
 """
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.config import RMConfig, SFTConfig, load_config
+from rlhf.config import DPOConfig, RMConfig, SFTConfig, load_config
 from rlhf.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,3 +120,29 @@ def test_ppo_with_sft_policy_and_trained_reward_model(sft_export, rm_export, tmp
     step = [r for r in read_metrics(trainer.run_dir) if r["step"] == 1][0]
     assert step["reward/model"] is not None and step["critic/vf_loss"] is not None  # the trained RM scored
     assert (trainer.run_dir / "final_policy" / "config.json").exists()
+
+
+def test_dpo_beats_chance_on_held_out_pairs(ray_session, tiny, tmp_path):
+    """recipes/dpo_tiny.yaml, shortened to 6 steps on two ranks: the implicit reward ranks
+    the right sum over the carry-less one on unseen problems. Measured (3 seeds, AVX2 EPYC):
+    held-out accuracy 95-99% after 5-10 steps, 99-100% after 40; chance 50%, 0% at step 0
+    (every margin a tie)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.dpo import DPORun
+
+    cfg = load_config(ROOT / "recipes" / "dpo_tiny.yaml", [
+        f"data.train_path={ROOT / 'data' / 'arith-pairs' / 'carry_pairs.jsonl.gz'}", "run.total_steps=6",
+        "run.eval_every=0", "data.eval_size=128", "train.micro_batch_size=32", "trainer.num_workers=2",
+        f"run.output_dir={tmp_path}"], schema=DPOConfig)
+    run_dir, export = _run(DPORun, cfg)
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(7))
+    assert records[0]["dpo/eval_acc"] == 0.0 and records[0]["dpo/eval_margin"] == 0.0  # policy == reference
+    assert records[1]["dpo/loss"] == pytest.approx(0.6931, abs=1e-3)  # log 2 before the first update
+    assert records[-1]["dpo/eval_acc"] > 0.75  # chance 0.5; measured >= 0.95 by step 5
+    assert records[-1]["dpo/eval_margin"] > 0 and records[-1]["dpo/margin"] > 0
+    for key in ("dpo/reward_acc", "dpo/chosen_reward", "dpo/rejected_reward", "dpo/grad_norm", "dpo/lr"):
+        assert records[-1].get(key) is not None, key
+    model = AutoModelForCausalLM.from_pretrained(export)  # the HF export loads as a causal LM
+    assert model.config.architectures == ["LlamaForCausalLM"]

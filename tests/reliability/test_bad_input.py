@@ -55,6 +55,16 @@ def test_config_errors_name_the_key_before_anything_starts(tmp_path, capsys, ove
     refused(cli(tmp_path, override), capsys, needle, tmp_path)
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (("algorithm.policy_loss=gspo", "algorithm.dual_clip=3"),
+     "config key 'algorithm.dual_clip' must be unset with algorithm.policy_loss='gspo'"),
+    (("algorithm.adv_estimator=reinforce++", "algorithm.filter_groups=true"),
+     "config key 'algorithm.filter_groups' needs a group-based algorithm.adv_estimator"),
+])
+def test_algorithm_combinations_are_refused(tmp_path, capsys, overrides, needle):
+    refused(cli(tmp_path, *overrides), capsys, needle, tmp_path)
+
+
 # Negative or zero sizes, rates and counts; values outside their range (rlhf.config.checks).
 @pytest.mark.parametrize("override", [
     "rollout.temperature=0", "rollout.temperature=-1", "rollout.top_p=0", "rollout.top_p=1.5",
@@ -69,6 +79,7 @@ def test_config_errors_name_the_key_before_anything_starts(tmp_path, capsys, ove
     "run.total_steps=0", "run.keep_checkpoints=0", "data.max_prompt_tokens=0", "data.eval_size=0",
     "algorithm.kl.coef=-0.1", "algorithm.kl.loss_coef=-1", "algorithm.kl.horizon=0",
     "sync.bucket_mb=0", "actor.zero_stage=5", "sync.transport=nccl", "data.template=jinja",
+    "algorithm.max_gen_batches=0",
 ])
 def test_out_of_range_values_are_refused_naming_the_key(tmp_path, capsys, override):
     key = override.split("=")[0]
@@ -86,7 +97,7 @@ def test_empty_or_inconsistent_reward_and_tracker_lists_are_refused(tmp_path, ca
     refused(cli(tmp_path, override), capsys, needle, tmp_path)
 
 
-@pytest.mark.parametrize("command", ["train", "sft", "rm"])
+@pytest.mark.parametrize("command", ["train", "sft", "rm", "dpo"])
 @pytest.mark.parametrize("text,needle", [
     ("", "is empty"),
     ("# a comment, no keys\n", "is empty"),
@@ -109,6 +120,10 @@ def test_empty_or_non_mapping_recipe_is_refused(tmp_path, capsys, command, text,
     ("sft", "sft_tiny.yaml", "trainer.num_cpus=0"), ("rm", "rm_tiny.yaml", "train.margin=-1"),
     ("rm", "rm_tiny.yaml", "data.max_prompt_tokens=0"), ("rm", "rm_tiny.yaml", "data.eval_size=-1"),
     ("rm", "rm_tiny.yaml", "data.format=csv"), ("rm", "rm_tiny.yaml", "trainer.warmup_steps=-1"),
+    ("dpo", "dpo_tiny.yaml", "train.beta=0"), ("dpo", "dpo_tiny.yaml", "train.beta=-0.1"),
+    ("dpo", "dpo_tiny.yaml", "train.label_smoothing=0.5"), ("dpo", "dpo_tiny.yaml", "train.label_smoothing=-0.1"),
+    ("dpo", "dpo_tiny.yaml", "train.loss=kto"), ("dpo", "dpo_tiny.yaml", "train.micro_batch_size=0"),
+    ("dpo", "dpo_tiny.yaml", "data.format=csv"),
 ])
 def test_stage_config_ranges_are_refused(tmp_path, capsys, command, recipe, override):
     from rlhf.cli import main
@@ -157,14 +172,15 @@ def test_unknown_tiny_model_names_the_key(ray_session, tmp_path, capsys):
     refused(cli(tmp_path, "model.policy=tiny:nope"), capsys, "config key 'model.policy'", tmp_path)
 
 
+@pytest.mark.parametrize("command,source", [("rm", "scorer"), ("dpo", "policy_init")])
 @pytest.mark.parametrize("how", ["no weights", "broken config.json"])
-def test_stage_model_folder_is_checked(ray_session, tiny, tmp_path, capsys, how):
+def test_stage_model_folder_is_checked(ray_session, tiny, tmp_path, capsys, how, command, source):
     from rlhf.cli import main
 
     folder = tmp_path / "model"
-    shutil.copytree(tiny["scorer"], folder)
+    shutil.copytree(tiny[source], folder)
     _break_model(folder, how)
-    code = main(["rm", str(ROOT / "recipes" / "rm_tiny.yaml"), f"run.output_dir={tmp_path / 'runs'}",
+    code = main([command, str(ROOT / "recipes" / f"{command}_tiny.yaml"), f"run.output_dir={tmp_path / 'runs'}",
                  f"model.path={folder}"])
     refused(code, capsys, "config key 'model.path'", tmp_path / "runs")
 
@@ -200,11 +216,15 @@ def test_dataset_without_rows_is_refused(ray_session, tiny, tmp_path, capsys):
     ("rm", b"", "has no rows"),
     ("rm", b"not gzip at all", "cannot read dataset"),
     ("rm", gzip.compress(b'{"chosen": "x"}\n'), "row 0: missing, empty or non-text 'rejected'"),
+    ("dpo", b"", "has no rows"),
+    ("dpo", b"not gzip at all", "cannot read dataset"),
+    ("dpo", gzip.compress(b'{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: yo"}\n'),
+     "row 0: missing, empty or non-text 'rejected'"),
 ])
 def test_stage_datasets_name_the_file_and_row(ray_session, tiny, tmp_path, capsys, command, content, needle):
     from rlhf.cli import main
 
-    path = tmp_path / "pairs.jsonl.gz" if command == "rm" else tmp_path / "rows.jsonl"
+    path = tmp_path / "pairs.jsonl.gz" if command in ("rm", "dpo") else tmp_path / "rows.jsonl"
     path.write_bytes(content)
     code = main([command, str(ROOT / "recipes" / f"{command}_tiny.yaml"), f"run.output_dir={tmp_path / 'runs'}",
                  f"data.train_path={path}"])
@@ -245,7 +265,8 @@ def test_unreachable_reward_server_fails_the_step_with_its_url(ray_session, tiny
     assert (run_dir / "config.yaml").exists()
 
 
-@pytest.mark.parametrize("command,recipe", [("sft", "sft_tiny.yaml"), ("rm", "rm_tiny.yaml")])
+@pytest.mark.parametrize("command,recipe", [("sft", "sft_tiny.yaml"), ("rm", "rm_tiny.yaml"),
+                                            ("dpo", "dpo_tiny.yaml")])
 def test_stage_commands_check_their_recipes(command, recipe, tmp_path, capsys):
     from rlhf.cli import main
 

@@ -28,7 +28,7 @@ def test_every_shipped_recipe_validates(recipe):
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = load_config(RECIPES[0], ["actor.lr=3e-5", "run.total_steps=7", "rollout.stop_token_ids=[1,2]"])
+    cfg = load_config(RECIPES[0].with_name("ppo_tiny.yaml"), ["actor.lr=3e-5", "run.total_steps=7", "rollout.stop_token_ids=[1,2]"])
     assert cfg.actor.lr == pytest.approx(3e-5) and cfg.run.total_steps == 7
     assert cfg.rollout.stop_token_ids == [1, 2]
 
