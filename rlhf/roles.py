@@ -225,12 +225,15 @@ class PPORoles:
                                           trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
             self.reference = self._group("reference", ReferenceWorker, cfg.reference, bar, workers=1,
                                          model_path=paths["reference"], cfg=cfg.reference,
-                                         micro_batch_size=cfg.train.micro_batch_size)
+                                         micro_batch_size=cfg.train.micro_batch_size, packing=cfg.train.packing,
+                                         max_tokens=cfg.train.max_tokens_per_infer_batch)
             if paths["reward_model"]:
                 self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, bar, workers=1,
                                                 model_path=paths["reward_model"],
                                                 normalize=cfg.reward.model_normalize,
-                                                micro_batch_size=cfg.train.micro_batch_size)
+                                                micro_batch_size=cfg.train.micro_batch_size,
+                                                packing=cfg.train.packing,
+                                                max_tokens=cfg.train.max_tokens_per_infer_batch)
             bar.set_postfix_str("connecting actor and rollout for weight sync")
             transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
                                            cfg.sync.bucket_mb << 20, cfg.rollout.dtype)[0]
