@@ -49,6 +49,27 @@ class Packed:
         return self.lengths.cumsum(0) - 1
 
 
+def packing_mode(setting: str | bool) -> bool | str:
+    """train.packing ("auto" | "always" | "never") as the forwards' `packed` argument."""
+    modes = {"always": True, "never": False, "auto": "auto", True: True, False: False}
+    if setting not in modes:
+        raise ValueError(f"train.packing must be auto, always or never, got {setting!r}")
+    return modes[setting]
+
+
+def packing_pays(attention_mask: Tensor, attn_implementation: str | None = None) -> bool:
+    """Whether packing these rows does no more work than padding them. Packing always
+    trains fewer tokens (T real <= k rows x width W), but sdpa / eager on CPU compute the
+    packed row's whole T x T attention (the mask only zeroes the cross-sequence part),
+    against k W^2 padded: pack when T^2 <= k W^2. Flash-attention varlen attends within
+    each sequence only, so it always pays there."""
+    if attn_implementation and attn_implementation.startswith("flash"):
+        return True
+    rows, width = attention_mask.shape
+    tokens = int(attention_mask.sum())
+    return tokens * tokens <= rows * width * width
+
+
 def pack(input_ids: Tensor, attention_mask: Tensor) -> Packed:
     """Pack the real tokens (attention_mask 1, contiguous in each row) into one row.
     Shape: (B, T), (B, T) -> Packed with N = attention_mask.sum()."""

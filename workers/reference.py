@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import Batch
+from rlhf.packing import packing_mode
 from rlhf.config.schema import ReferenceSection
 from workers import device as dev
 from workers.trainer_base import RankWorker, load_causal_lm, response_logprobs, zero3_sharded_loading
@@ -19,13 +20,13 @@ class ReferenceWorker(RankWorker):
     role = "reference"
 
     def __init__(self, model_path: str, cfg: ReferenceSection, micro_batch_size: int = 16,
-                 dtype: str = "auto", seed: int = 1, packing: bool = True, max_tokens: int = 0) -> None:
+                 dtype: str = "auto", seed: int = 1, packing: str = "auto", max_tokens: int = 0) -> None:
         super().__init__()
         if cfg.zero_stage not in (0, 3):
             raise ValueError(f"reference.zero_stage must be 0 or 3, got {cfg.zero_stage}")
         self.model_path, self.cfg, self.micro_batch_size = model_path, cfg, micro_batch_size
         self.dtype_name, self.seed = dtype, seed
-        self.packing, self.max_tokens = packing, max_tokens  # train.packing, train.max_tokens_per_infer_batch
+        self.packing, self.max_tokens = packing_mode(packing), max_tokens  # train.packing, train.max_tokens_per_infer_batch
         self.model = None
 
     def setup(self) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import Batch
+from rlhf.packing import packing_mode
 from workers import device as dev
 from workers.trainer_base import RankWorker, last_token_scores, load_value_model
 
@@ -21,11 +22,11 @@ class RewardModelWorker(RankWorker):
     role = "reward_model"
 
     def __init__(self, model_path: str, normalize: bool = False, micro_batch_size: int = 16,
-                 dtype: str = "auto", seed: int = 1, packing: bool = True, max_tokens: int = 0) -> None:
+                 dtype: str = "auto", seed: int = 1, packing: str = "auto", max_tokens: int = 0) -> None:
         super().__init__()
         self.model_path, self.normalize, self.micro_batch_size = model_path, normalize, micro_batch_size
         self.dtype_name, self.seed = dtype, seed
-        self.packing, self.max_tokens = packing, max_tokens  # train.packing, train.max_tokens_per_infer_batch
+        self.packing, self.max_tokens = packing_mode(packing), max_tokens  # train.packing, train.max_tokens_per_infer_batch
         self.model = None
 
     def setup(self) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor
 from rlhf.algorithms import entropy_from_logits, last_token_index, logprobs_from_logits
 from rlhf.batch import Batch
 from rlhf.config.schema import TrainerSection, TrainSection
-from rlhf.packing import pack
+from rlhf.packing import pack, packing_mode, packing_pays
 from rlhf.partition import budget_partition, parts_for_budget
 from rlhf.seeds import derive_seed
 from workers import device as dev
@@ -191,7 +191,7 @@ def micro_batches(batch: Batch, size: int) -> list[Batch]:
 
 def row_costs(batch: Batch, packed: bool) -> list[int]:
     """What each row costs a forward: its real tokens packed, the full width padded."""
-    if packed:
+    if packed:  # True or "auto"
         return batch.attention_mask.sum(-1).tolist()
     return [batch.input_ids.shape[1]] * batch.size
 
@@ -212,6 +212,14 @@ def _model_inputs(batch: Batch, device: torch.device) -> dict:
                 position_ids=batch.position_ids().to(device), use_cache=False)
 
 
+def _packs(model, batch: Batch, packed: bool | str) -> bool:
+    """packed: True / False, or "auto": pack when it does no more work (rlhf.packing.packing_pays)."""
+    if packed != "auto":
+        return bool(packed)
+    config = getattr(getattr(model, "module", model), "config", None)  # a DeepSpeed engine wraps the HF model
+    return packing_pays(batch.attention_mask, getattr(config, "_attn_implementation", None))
+
+
 def _scatter_rows(values: Tensor, valid: Tensor) -> Tensor:
     """(K,) values of the valid (B, R) cells -> (B, R), 0 elsewhere (differentiable)."""
     out = values.new_zeros(valid.shape)
@@ -229,7 +237,7 @@ def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.
     last R+1; packed: exactly one per real response token, rlhf.packing). Packed,
     the cells of pad tokens are 0. Shape: batch (B, P+R) -> (B, R) float32, (B, R) float32 | None.
     """
-    if packed:
+    if _packs(model, batch, packed):
         return _packed_response_logprobs(model, batch, temperature, device=device, top_k=top_k, top_p=top_p,
                                          entropy=entropy, entropy_grad=entropy_grad)
     R = batch.response_len
@@ -265,7 +273,7 @@ def response_values(model, batch: Batch, *, device: torch.device, packed: bool =
     are 0. Shape: (B, P+R) -> (B, R) float32.
     """
     P = batch.prompt_len
-    if not packed:
+    if not _packs(model, batch, packed):
         return model(**_model_inputs(batch, device)).logits[:, P - 1:-1, 0].float()
     rows = pack(batch.input_ids, batch.attention_mask)
     src, valid = rows.response_sources(P)
@@ -275,7 +283,7 @@ def response_values(model, batch: Batch, *, device: torch.device, packed: bool =
 
 def last_token_scores(model, batch: Batch, *, device: torch.device, packed: bool = False) -> Tensor:
     """A one-output per-token head read at each row's last real token. Shape: (B, T) -> (B,) float32."""
-    if packed:
+    if _packs(model, batch, packed):
         rows = pack(batch.input_ids, batch.attention_mask)
         return model(**rows.model_inputs(device)).logits[0, rows.last_token_index().to(device), 0].float()
     logits = model(**_model_inputs(batch, device)).logits
@@ -455,6 +463,9 @@ class DeepSpeedTrainer(RankWorker):
         if hasattr(self.engine.optimizer, "check_grad_overflow"):
             self.engine.optimizer.check_grad_overflow = True
         load_checkpoints_weights_only(self.engine)
+        if getattr(self.train_cfg, "compile", False):
+            # packed rows change length every micro-batch: one graph with symbolic shapes
+            self.engine.compile(compile_kwargs={"dynamic": True})
 
     # ---------------------------------------------------------------- training
     def _train(self, batch: Batch, epochs: int, loss_fn) -> dict[str, float]:
@@ -512,8 +523,8 @@ class DeepSpeedTrainer(RankWorker):
         return metrics
 
     @property
-    def packing(self) -> bool:
-        return getattr(self.train_cfg, "packing", False)  # the SFT / RM stages' sections have no key
+    def packing(self) -> bool | str:
+        return packing_mode(getattr(self.train_cfg, "packing", "never"))  # the SFT / RM stages' sections have no key
 
     def train_micro_batches(self, mini: Batch) -> list[Tensor]:
         """Row indices of the micro-batches of this rank's part of a mini-batch: grad_accum

@@ -140,3 +140,19 @@ def test_packed_values_and_scores_equal_padded(scorer, batch):
     torch.testing.assert_close(values_packed[mask], values[mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scores_packed, scores, atol=1e-5, rtol=1e-5)
     assert scores.std() > 1e-3  # the rows really differ (a broken gather would show)
+
+
+def test_packing_pays_only_when_it_does_no_more_work():
+    from rlhf.packing import packing_mode, packing_pays
+
+    long_tail = torch.zeros(8, 100, dtype=torch.long)
+    long_tail[:, :10] = 1
+    long_tail[0] = 1  # one row at the full width: 170 real of 800 padded tokens
+    assert packing_pays(long_tail)  # 170^2 <= 8 * 100^2
+    full = torch.ones(8, 100, dtype=torch.long)
+    full[:, :2] = 0  # prompt padding only: 784 real tokens, 784^2 > 8 * 100^2
+    assert not packing_pays(full)
+    assert packing_pays(full, "flash_attention_2")  # varlen attends within each sequence
+    assert packing_mode("auto") == "auto" and packing_mode("never") is False and packing_mode("always") is True
+    with pytest.raises(ValueError, match="train.packing"):
+        packing_mode("sometimes")

@@ -295,7 +295,8 @@ def test_packed_token_budget_updates_equal_padded_on_1_and_2_ranks(ray_session, 
 
     def group_of(workers, packing, name):
         budget = BUDGET if packing else 0
-        train = TrainSection(mini_batch_size=8, micro_batch_size=2, ppo_epochs=1, packing=packing,
+        train = TrainSection(mini_batch_size=8, micro_batch_size=2, ppo_epochs=1,
+                             packing="always" if packing else "never",
                              max_tokens_per_micro_batch=budget, max_tokens_per_infer_batch=budget)
         return WorkerGroup(ActorWorker, workers, num_cpus=CPUS, name=name, init_kwargs=dict(
             model_path=paths["policy"], trainer_cfg=trainer_cfg(2), algo_cfg=AlgorithmSection(),
