@@ -57,17 +57,21 @@ def packing_mode(setting: str | bool) -> bool | str:
     return modes[setting]
 
 
-def packing_pays(attention_mask: Tensor, attn_implementation: str | None = None) -> bool:
-    """Whether packing these rows does no more work than padding them. Packing always
-    trains fewer tokens (T real <= k rows x width W), but sdpa / eager on CPU compute the
-    packed row's whole T x T attention (the mask only zeroes the cross-sequence part),
-    against k W^2 padded: pack when T^2 <= k W^2. Flash-attention varlen attends within
-    each sequence only, so it always pays there."""
+def packing_pays(attention_mask: Tensor, hidden_size: int, attn_implementation: str | None = None) -> bool:
+    """Whether packing these rows does no more work than padding them.
+
+    A token costs a transformer layer ~12 h^2 multiply-adds in its projections and MLP
+    and ~2 h per token it attends to. Padded, k rows of width W attend within their row:
+    k W (12 h^2 + 2 h W). Packed, the T real tokens are fewer, but sdpa / eager on CPU
+    compute the packed row's whole T x T attention (the mask only zeroes the
+    cross-sequence part): T (12 h^2 + 2 h T). Pack when T (6h + T) <= k W (6h + W).
+    Flash-attention varlen attends within each sequence only: packing always pays there.
+    """
     if attn_implementation and attn_implementation.startswith("flash"):
         return True
     rows, width = attention_mask.shape
     tokens = int(attention_mask.sum())
-    return tokens * tokens <= rows * width * width
+    return tokens * (6 * hidden_size + tokens) <= rows * width * (6 * hidden_size + width)
 
 
 def pack(input_ids: Tensor, attention_mask: Tensor) -> Packed:

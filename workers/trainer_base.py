@@ -216,8 +216,8 @@ def _packs(model, batch: Batch, packed: bool | str) -> bool:
     """packed: True / False, or "auto": pack when it does no more work (rlhf.packing.packing_pays)."""
     if packed != "auto":
         return bool(packed)
-    config = getattr(getattr(model, "module", model), "config", None)  # a DeepSpeed engine wraps the HF model
-    return packing_pays(batch.attention_mask, getattr(config, "_attn_implementation", None))
+    config = getattr(model, "module", model).config  # a DeepSpeed engine wraps the HF model
+    return packing_pays(batch.attention_mask, config.hidden_size, config._attn_implementation)
 
 
 def _scatter_rows(values: Tensor, valid: Tensor) -> Tensor:

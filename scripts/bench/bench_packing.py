@@ -66,7 +66,7 @@ def make_batch(tok, lengths: list[int], budget: int, n: int, seed: int):
     from rlhf.controller import build_batch
 
     specials = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}
-    vocab = [t for t in range(len(tok)) if t not in specials]
+    vocab = [t for t in range(min(len(tok), tok.vocab_size)) if t not in specials]  # added tokens may lie outside the embedding
     rng = random.Random(seed)
     prompts = [tok.encode(p) for p in common.arithmetic_prompts(len(lengths) // n) for _ in range(n)]
     responses = [[rng.choice(vocab) for _ in range(k - 1)] + [tok.eos_token_id if k < budget else rng.choice(vocab)]

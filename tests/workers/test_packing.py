@@ -148,11 +148,12 @@ def test_packing_pays_only_when_it_does_no_more_work():
     long_tail = torch.zeros(8, 100, dtype=torch.long)
     long_tail[:, :10] = 1
     long_tail[0] = 1  # one row at the full width: 170 real of 800 padded tokens
-    assert packing_pays(long_tail)  # 170^2 <= 8 * 100^2
+    assert packing_pays(long_tail, hidden_size=512)  # 170 (3072 + 170) <= 800 (3072 + 100)
+    assert not packing_pays(long_tail, hidden_size=0)  # attention alone: 170^2 > 8 * 100^2
     full = torch.ones(8, 100, dtype=torch.long)
-    full[:, :2] = 0  # prompt padding only: 784 real tokens, 784^2 > 8 * 100^2
-    assert not packing_pays(full)
-    assert packing_pays(full, "flash_attention_2")  # varlen attends within each sequence
+    full[:, :2] = 0  # prompt padding only: 784 real tokens, 784 (3072 + 784) > 800 (3072 + 100)
+    assert not packing_pays(full, hidden_size=512)
+    assert packing_pays(full, 512, "flash_attention_2")  # varlen attends within each sequence
     assert packing_mode("auto") == "auto" and packing_mode("never") is False and packing_mode("always") is True
     with pytest.raises(ValueError, match="train.packing"):
         packing_mode("sometimes")
