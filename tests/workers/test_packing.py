@@ -149,7 +149,10 @@ def test_packing_pays_only_when_it_does_no_more_work():
     long_tail[:, :10] = 1
     long_tail[0] = 1  # one row at the full width: 170 real of 800 padded tokens
     assert packing_pays(long_tail, hidden_size=512)  # 170 (3072 + 170) <= 800 (3072 + 100)
-    assert not packing_pays(long_tail, hidden_size=0)  # attention alone: 170^2 > 8 * 100^2
+    many = torch.zeros(64, 100, dtype=torch.long)
+    many[:, :30] = 1  # 1920 real tokens in one row: its square attention outweighs the padding
+    assert not packing_pays(many, hidden_size=0)  # 1920^2 > 64 * 100^2
+    assert packing_pays(many, hidden_size=512)  # unless the projections dominate: 9.6M <= 20.3M
     full = torch.ones(8, 100, dtype=torch.long)
     full[:, :2] = 0  # prompt padding only: 784 real tokens, 784 (3072 + 784) > 800 (3072 + 100)
     assert not packing_pays(full, hidden_size=512)
