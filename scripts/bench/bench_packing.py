@@ -129,6 +129,7 @@ def run_workload(args, cfg, tok, workload: str, compiled) -> dict:
             elapsed = time_update(worker, batch, cfg.rollout.temperature)
             if repeat:
                 seconds[side].append(elapsed)
+            print(f"[bench] {workload} {side}: {elapsed:.2f} s{'' if repeat else ' (warm-up)'}", flush=True)
     result = {"lengths": lengths, "histogram": histogram(lengths, args.response_len),
               "prompt_len": batch.prompt_len, "width": width, "real_tokens": int(batch.attention_mask.sum()),
               "padded_tokens": batch.size * width, "sides": {}}
