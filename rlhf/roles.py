@@ -325,14 +325,14 @@ class PPORoles:
         if cfg.algorithm.uses_critic:
             self.critic = self._group("critic", CriticWorker, cfg.critic, model_path=paths["critic"],
                                       trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
+        infer = dict(micro_batch_size=cfg.train.micro_batch_size, packing=cfg.train.packing,
+                     max_tokens=cfg.train.max_tokens_per_infer_batch)
         self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
-                                     model_path=paths["reference"], cfg=cfg.reference,
-                                     micro_batch_size=cfg.train.micro_batch_size)
+                                     model_path=paths["reference"], cfg=cfg.reference, **infer)
         if paths["reward_model"]:
             self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1,
                                             model_path=paths["reward_model"],
-                                            normalize=cfg.reward.model_normalize,
-                                            micro_batch_size=cfg.train.micro_batch_size)
+                                            normalize=cfg.reward.model_normalize, **infer)
 
     def _group(self, role: str, worker_cls: type, section, *, workers: int | None = None,
                distributed: bool = True, **init_kwargs):

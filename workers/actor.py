@@ -18,7 +18,7 @@ from rlhf.algorithms import (
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
 from workers import device as dev
-from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, micro_batches, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, response_logprobs
 
 
 class ActorWorker(DeepSpeedTrainer):
@@ -41,9 +41,8 @@ class ActorWorker(DeepSpeedTrainer):
         Shape: batch (b, P+R) -> (b, R) float32 on CPU.
         """
         self.engine.eval()
-        out = [response_logprobs(self.engine, mb, temperature, device=self.device, top_k=top_k, top_p=top_p)[0].cpu()
-               for mb in micro_batches(batch, self.train_cfg.micro_batch_size)]
-        return torch.cat(out)
+        return self.infer(batch, lambda mb: response_logprobs(
+            self.engine, mb, temperature, device=self.device, top_k=top_k, top_p=top_p, packed=self.packing)[0])
 
     def update(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> dict[str, float]:
         """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes),
@@ -73,7 +72,9 @@ class ActorWorker(DeepSpeedTrainer):
                              f"mini-batches of {ranks_rows}")
         scored: list[Tensor] = []
         metrics = self._policy_update(batch, dict(temperature=temperature, top_k=top_k, top_p=top_p), scored=scored)
-        return metrics, torch.cat(scored)
+        old = torch.empty(batch.response_mask.shape)
+        old[torch.cat(self.trained_rows)] = torch.cat(scored)  # micro-batches may be any rows (token budget)
+        return metrics, old
 
     def _policy_update(self, batch: Batch, sampling: dict, scored: list[Tensor] | None = None) -> dict[str, float]:
         """The PPO-family update. `sampling`: temperature, top_k, top_p of the rollout.
@@ -93,8 +94,8 @@ class ActorWorker(DeepSpeedTrainer):
             mask = mb.response_mask.to(self.device)
             agg = dict(agg_mode=algo.loss_agg_mode, global_token_count=n_tokens, global_seq_count=n_seqs,
                        norm_length=mb.response_len)
-            logprobs, entropy = response_logprobs(self.engine, mb, device=self.device, **sampling,
-                                                  entropy=True, entropy_grad=algo.entropy_coef != 0)
+            logprobs, entropy = response_logprobs(self.engine, mb, device=self.device, **sampling, entropy=True,
+                                                  entropy_grad=algo.entropy_coef != 0, packed=self.packing)
             if scored is None:
                 old = mb.old_logprobs.to(self.device)
             else:

@@ -13,7 +13,7 @@ from torch import Tensor
 from rlhf.algorithms import explained_variance, masked_mean, value_loss
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
-from workers.trainer_base import DeepSpeedTrainer, load_value_model, micro_batches, response_values
+from workers.trainer_base import DeepSpeedTrainer, load_value_model, response_values
 
 
 class CriticWorker(DeepSpeedTrainer):
@@ -31,8 +31,7 @@ class CriticWorker(DeepSpeedTrainer):
     def compute_values(self, batch: Batch) -> Tensor:
         """Values of this rank's response tokens. Shape: (b, P+R) -> (b, R) float32 on CPU."""
         self.engine.eval()
-        return torch.cat([response_values(self.engine, mb, device=self.device).cpu()
-                          for mb in micro_batches(batch, self.train_cfg.micro_batch_size)])
+        return self.infer(batch, lambda mb: response_values(self.engine, mb, device=self.device, packed=self.packing))
 
     def update(self, batch: Batch) -> dict[str, float]:
         """Clipped value regression towards batch.returns around batch.values (the values
@@ -44,7 +43,7 @@ class CriticWorker(DeepSpeedTrainer):
         def loss_fn(mb: Batch, n_tokens: Tensor, n_seqs: Tensor, stats) -> Tensor:
             mask = mb.response_mask.to(self.device)
             returns = mb.returns.to(self.device)
-            values = response_values(self.engine, mb, device=self.device)
+            values = response_values(self.engine, mb, device=self.device, packed=self.packing)
             loss, metrics = value_loss(values, mb.values.to(self.device), returns, mask, clip=algo.value_clip,
                                        agg_mode=algo.loss_agg_mode, global_token_count=n_tokens,
                                        global_seq_count=n_seqs, norm_length=mb.response_len)

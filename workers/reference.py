@@ -10,21 +10,23 @@ import torch
 from torch import Tensor
 
 from rlhf.batch import Batch
+from rlhf.packing import packing_mode
 from rlhf.config.schema import ReferenceSection
 from workers import device as dev
-from workers.trainer_base import RankWorker, load_causal_lm, micro_batches, response_logprobs, zero3_sharded_loading
+from workers.trainer_base import RankWorker, load_causal_lm, response_logprobs, zero3_sharded_loading
 
 
 class ReferenceWorker(RankWorker):
     role = "reference"
 
     def __init__(self, model_path: str, cfg: ReferenceSection, micro_batch_size: int = 16,
-                 dtype: str = "auto", seed: int = 1) -> None:
+                 dtype: str = "auto", seed: int = 1, packing: str = "auto", max_tokens: int = 0) -> None:
         super().__init__()
         if cfg.zero_stage not in (0, 3):
             raise ValueError(f"reference.zero_stage must be 0 or 3, got {cfg.zero_stage}")
         self.model_path, self.cfg, self.micro_batch_size = model_path, cfg, micro_batch_size
         self.dtype_name, self.seed = dtype, seed
+        self.packing, self.max_tokens = packing_mode(packing), max_tokens  # train.packing, train.max_tokens_per_infer_batch
         self.model = None
 
     def setup(self) -> None:
@@ -52,5 +54,7 @@ class ReferenceWorker(RankWorker):
     def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
         """Reference log-probs of this rank's response tokens (ZeRO-3: collective).
         Shape: (b, P+R) -> (b, R) float32 on CPU."""
-        return torch.cat([response_logprobs(self.model, mb, temperature, device=self.device)[0].cpu()
-                          for mb in micro_batches(batch, self.micro_batch_size)])
+        return self.run_micro_batches(
+            batch, lambda mb: response_logprobs(self.model, mb, temperature, device=self.device, packed=self.packing)[0],
+            rows=self.micro_batch_size, max_tokens=self.max_tokens, packed=self.packing,
+            lockstep=self.cfg.zero_stage == 3)

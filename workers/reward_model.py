@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rlhf.algorithms import last_token_index
 from rlhf.batch import Batch
+from rlhf.packing import packing_mode
 from workers import device as dev
-from workers.trainer_base import RankWorker, load_value_model, micro_batches
+from workers.trainer_base import RankWorker, last_token_scores, load_value_model
 
 _EPS = 1e-6
 
@@ -22,10 +22,11 @@ class RewardModelWorker(RankWorker):
     role = "reward_model"
 
     def __init__(self, model_path: str, normalize: bool = False, micro_batch_size: int = 16,
-                 dtype: str = "auto", seed: int = 1) -> None:
+                 dtype: str = "auto", seed: int = 1, packing: str = "auto", max_tokens: int = 0) -> None:
         super().__init__()
         self.model_path, self.normalize, self.micro_batch_size = model_path, normalize, micro_batch_size
         self.dtype_name, self.seed = dtype, seed
+        self.packing, self.max_tokens = packing_mode(packing), max_tokens  # train.packing, train.max_tokens_per_infer_batch
         self.model = None
 
     def setup(self) -> None:
@@ -42,14 +43,9 @@ class RewardModelWorker(RankWorker):
         depend on how the batch was split (per-batch, no running statistics: the score
         scale then cannot drift with the policy, at the cost of batch-size dependence).
         """
-        out = []
-        for mb in micro_batches(batch, self.micro_batch_size):
-            logits = self.model(input_ids=mb.input_ids.to(self.device),
-                                attention_mask=mb.attention_mask.to(self.device),
-                                position_ids=mb.position_ids().to(self.device), use_cache=False).logits
-            last = last_token_index(mb.attention_mask.to(self.device))
-            out.append(logits[torch.arange(mb.size, device=self.device), last, 0].float().cpu())
-        scores = torch.cat(out)
+        scores = self.run_micro_batches(
+            batch, lambda mb: last_token_scores(self.model, mb, device=self.device, packed=self.packing),
+            rows=self.micro_batch_size, max_tokens=self.max_tokens, packed=self.packing, lockstep=False)
         if not self.normalize:
             return scores
         moments = self.all_reduce_sum(torch.stack([

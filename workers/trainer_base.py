@@ -23,9 +23,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from rlhf.algorithms import entropy_from_logits, logprobs_from_logits
+from rlhf.algorithms import entropy_from_logits, last_token_index, logprobs_from_logits
 from rlhf.batch import Batch
 from rlhf.config.schema import TrainerSection, TrainSection
+from rlhf.packing import pack, packing_mode, packing_pays
+from rlhf.partition import budget_partition, parts_for_budget
 from rlhf.seeds import derive_seed
 from workers import device as dev
 
@@ -105,6 +107,32 @@ class RankWorker:
         return values
 
 
+    def all_reduce_max(self, values: Tensor) -> Tensor:
+        values = values.to(self.device)
+        if self.world_size > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values
+
+    def plan(self, batch: Batch, *, rows: int, max_tokens: int, packed: bool, lockstep: bool) -> list[Tensor]:
+        """`plan_micro_batches`; `lockstep`: with a token budget, as many micro-batches as
+        the rank that needs the most (collective), for forwards/backwards with collectives."""
+        parts = None
+        if max_tokens > 0 and lockstep and self.world_size > 1:
+            needed = parts_for_budget(row_costs(batch, packed), max_tokens)
+            parts = int(self.all_reduce_max(torch.tensor([needed])).item())
+        return plan_micro_batches(batch, rows=rows, max_tokens=max_tokens, packed=packed, parts=parts)
+
+    @torch.no_grad()
+    def run_micro_batches(self, batch: Batch, forward: Callable[[Batch], Tensor], *, rows: int, max_tokens: int,
+                          packed: bool, lockstep: bool) -> Tensor:
+        """torch.cat of `forward(micro-batch)` over `batch`'s micro-batches, in row order, on CPU."""
+        plan = self.plan(batch, rows=rows, max_tokens=max_tokens, packed=packed, lockstep=lockstep)
+        outputs = torch.cat([forward(batch.index(idx)).cpu() for idx in plan])
+        result = torch.empty_like(outputs)
+        result[torch.cat(plan)] = outputs
+        return result
+
+
 # ==================================================================== models
 def _no_dropout(config) -> None:
     """RL needs the forward of the update to match the one that scored the tokens: a
@@ -165,21 +193,57 @@ def micro_batches(batch: Batch, size: int) -> list[Batch]:
     return [batch.index(slice(i, i + size)) for i in range(0, batch.size, size)]
 
 
+def row_costs(batch: Batch, packed: bool) -> list[int]:
+    """What each row costs a forward: its real tokens packed, the full width padded."""
+    if packed:  # True or "auto"
+        return batch.attention_mask.sum(-1).tolist()
+    return [batch.input_ids.shape[1]] * batch.size
+
+
+def plan_micro_batches(batch: Batch, *, rows: int, max_tokens: int, packed: bool,
+                       parts: int | None = None) -> list[Tensor]:
+    """Row indices of each micro-batch of `batch`: contiguous runs of `rows` sequences,
+    or with `max_tokens` > 0 balanced bins of at most that many tokens (row_costs), in
+    `parts` bins if given (e.g. the most any rank needs, so ranks run in lockstep)."""
+    if max_tokens <= 0:
+        return [torch.arange(i, min(i + rows, batch.size)) for i in range(0, batch.size, rows)]
+    bins = budget_partition(row_costs(batch, packed), max_tokens, parts)
+    return [torch.tensor(b, dtype=torch.long) for b in bins]
+
+
 def _model_inputs(batch: Batch, device: torch.device) -> dict:
     return dict(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                 position_ids=batch.position_ids().to(device), use_cache=False)
 
 
+def _packs(model, batch: Batch, packed: bool | str) -> bool:
+    """packed: True / False, or "auto": pack when it does no more work (rlhf.packing.packing_pays)."""
+    if packed != "auto":
+        return bool(packed)
+    config = getattr(model, "module", model).config  # a DeepSpeed engine wraps the HF model
+    return packing_pays(batch.attention_mask, config.hidden_size, config._attn_implementation)
+
+
+def _scatter_rows(values: Tensor, valid: Tensor) -> Tensor:
+    """(K,) values of the valid (B, R) cells -> (B, R), 0 elsewhere (differentiable)."""
+    out = values.new_zeros(valid.shape)
+    return out.masked_scatter(valid.to(out.device), values)
+
+
 def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device, top_k: int = -1,
-                      top_p: float = 1.0, entropy: bool = False,
-                      entropy_grad: bool = False) -> tuple[Tensor, Tensor | None]:
+                      top_p: float = 1.0, entropy: bool = False, entropy_grad: bool = False,
+                      packed: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-probs (and entropies) of the response tokens under `model` at `temperature`,
     renormalised over the tokens top_k / top_p keep (as the rollout engine sampled).
 
     Response token j sits at column P+j and is predicted by the logits at column
-    P+j-1 (rlhf/batch.py); only the last R+1 columns go through the LM head.
-    Shape: batch (B, P+R) -> (B, R) float32, (B, R) float32 | None.
+    P+j-1 (rlhf/batch.py); only those columns go through the LM head (padded: the
+    last R+1; packed: exactly one per real response token, rlhf.packing). Packed,
+    the cells of pad tokens are 0. Shape: batch (B, P+R) -> (B, R) float32, (B, R) float32 | None.
     """
+    if _packs(model, batch, packed):
+        return _packed_response_logprobs(model, batch, temperature, device=device, top_k=top_k, top_p=top_p,
+                                         entropy=entropy, entropy_grad=entropy_grad)
     R = batch.response_len
     logits = model(**_model_inputs(batch, device), logits_to_keep=R + 1).logits[:, :-1]
     logprobs = logprobs_from_logits(logits, batch.responses.to(device), temperature, top_k, top_p)
@@ -190,15 +254,45 @@ def response_logprobs(model, batch: Batch, temperature: float, *, device: torch.
     return logprobs, ent
 
 
-def response_values(model, batch: Batch, *, device: torch.device) -> Tensor:
+def _packed_response_logprobs(model, batch: Batch, temperature: float, *, device: torch.device, top_k: int,
+                              top_p: float, entropy: bool, entropy_grad: bool) -> tuple[Tensor, Tensor | None]:
+    packed = pack(batch.input_ids, batch.attention_mask)
+    src, valid = packed.response_sources(batch.prompt_len)
+    logits = model(**packed.model_inputs(device), logits_to_keep=src.to(device)).logits  # (1, K, V)
+    labels = batch.responses[valid].to(device)[None]
+    logprobs = _scatter_rows(logprobs_from_logits(logits, labels, temperature, top_k, top_p)[0], valid)
+    ent = None
+    if entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = _scatter_rows(entropy_from_logits(logits, temperature, top_k, top_p)[0], valid)
+    return logprobs, ent
+
+
+def response_values(model, batch: Batch, *, device: torch.device, packed: bool = False) -> Tensor:
     """Values of the response tokens from a one-output per-token head.
 
     The value of response token j is read at column P+j-1: the state *before* the
     token is emitted, aligned with its log-prob (and with GAE, whose V(s_t) is the
-    value of the state in which action t is taken). Shape: (B, P+R) -> (B, R) float32.
+    value of the state in which action t is taken). Packed, the cells of pad tokens
+    are 0. Shape: (B, P+R) -> (B, R) float32.
     """
     P = batch.prompt_len
-    return model(**_model_inputs(batch, device)).logits[:, P - 1:-1, 0].float()
+    if not _packs(model, batch, packed):
+        return model(**_model_inputs(batch, device)).logits[:, P - 1:-1, 0].float()
+    rows = pack(batch.input_ids, batch.attention_mask)
+    src, valid = rows.response_sources(P)
+    values = model(**rows.model_inputs(device)).logits[0, :, 0]
+    return _scatter_rows(values[src.to(device)].float(), valid)
+
+
+def last_token_scores(model, batch: Batch, *, device: torch.device, packed: bool = False) -> Tensor:
+    """A one-output per-token head read at each row's last real token. Shape: (B, T) -> (B,) float32."""
+    if _packs(model, batch, packed):
+        rows = pack(batch.input_ids, batch.attention_mask)
+        return model(**rows.model_inputs(device)).logits[0, rows.last_token_index().to(device), 0].float()
+    logits = model(**_model_inputs(batch, device)).logits
+    last = last_token_index(batch.attention_mask.to(device))
+    return logits[torch.arange(batch.size, device=device), last, 0].float()
 
 
 # ==================================================================== DeepSpeed
@@ -375,6 +469,9 @@ class DeepSpeedTrainer(RankWorker):
         if hasattr(self.engine.optimizer, "check_grad_overflow"):
             self.engine.optimizer.check_grad_overflow = True
         load_checkpoints_weights_only(self.engine)
+        if getattr(self.train_cfg, "compile", False):
+            # packed rows change length every micro-batch: one graph with symbolic shapes
+            self.engine.compile(compile_kwargs={"dynamic": True})
 
     # ---------------------------------------------------------------- training
     def _train(self, batch: Batch, epochs: int, loss_fn) -> dict[str, float]:
@@ -390,28 +487,32 @@ class DeepSpeedTrainer(RankWorker):
         if batch.size % mini_per_rank:
             raise ValueError(f"{self.role}: {batch.size} sequences on this rank do not split into "
                              f"mini-batches of {mini_per_rank} (train.mini_batch_size / ranks)")
-        # DeepSpeed's backward divides the loss by GAS, and its gradient reduction
-        # averages over the world_size ranks. Each micro-batch loss is already its share
-        # of the global mini-batch loss, so scaling by world_size * GAS makes the reduced
-        # gradient exactly the gradient of the full mini-batch loss.
-        scale = self.world_size * self.grad_accum
+        # Each micro-batch loss is already its share of the global mini-batch loss, and
+        # DeepSpeed's gradient reduction averages over the world_size ranks, so scaling
+        # by world_size (no division by the accumulation steps, whose count varies with
+        # a token budget) makes the reduced gradient exactly that of the mini-batch loss.
         stats = _Stats()
         skipped_before = self.engine.skipped_steps
+        self.trained_rows: list[Tensor] = []  # epoch 0: the rows of each micro-batch, in training order
         self.engine.train()
         for epoch in range(epochs):
             # epoch 0 in rollout order (update_on_policy returns log-probs in that order);
             # later epochs reshuffled, so each sees other mini-batches (seeded, resumable:
             # keyed on the optimizer step count, which checkpoints restore)
             rows = batch if epoch == 0 else batch.index(self.epoch_permutation(batch.size, epoch))
-            for mini in rows.chunks(batch.size // mini_per_rank):
+            for m, mini in enumerate(rows.chunks(batch.size // mini_per_rank)):
                 mask = mini.response_mask
                 counts = self.all_reduce_sum(torch.stack([mask.sum(), (mask.sum(-1) > 0).sum().to(mask.dtype)]).float())
                 n_tokens, n_seqs = counts[0].clamp_min(1), counts[1].clamp_min(1)
                 lr = self.engine.get_lr()[0]
                 own_norm = None
-                for micro in mini.chunks(self.grad_accum):
-                    loss = loss_fn(micro, n_tokens, n_seqs, stats)
-                    self.engine.backward(loss * scale)
+                plan = self.train_micro_batches(mini)
+                for k, idx in enumerate(plan):
+                    if epoch == 0:
+                        self.trained_rows.append(idx + m * mini_per_rank)
+                    loss = loss_fn(mini.index(idx), n_tokens, n_seqs, stats)
+                    self.engine.set_gradient_accumulation_boundary(k == len(plan) - 1)
+                    self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
                     if self.cfg.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
                         own_norm = self._reduced_grad_norm()
                     self.engine.step()
@@ -426,6 +527,28 @@ class DeepSpeedTrainer(RankWorker):
         # decision is all-reduced, or taken on already all-reduced gradients at ZeRO-0)
         metrics[f"{self.role}/skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
         return metrics
+
+    @property
+    def packing(self) -> bool | str:
+        return packing_mode(getattr(self.train_cfg, "packing", "never"))  # the SFT / RM stages' sections have no key
+
+    def train_micro_batches(self, mini: Batch) -> list[Tensor]:
+        """Row indices of the micro-batches of this rank's part of a mini-batch: grad_accum
+        equal runs, or balanced bins within train.max_tokens_per_micro_batch, as many on
+        every rank (DeepSpeed reduces gradients in lockstep)."""
+        budget = getattr(self.train_cfg, "max_tokens_per_micro_batch", 0)
+        if budget <= 0:
+            return [torch.arange(i * (mini.size // self.grad_accum), (i + 1) * (mini.size // self.grad_accum))
+                    for i in range(self.grad_accum)]
+        return self.plan(mini, rows=mini.size, max_tokens=budget, packed=self.packing, lockstep=True)
+
+    def infer(self, batch: Batch, forward: Callable[[Batch], Tensor]) -> Tensor:
+        """`forward` over this rank's rows in no-grad micro-batches (micro_batch_size rows, or
+        train.max_tokens_per_infer_batch tokens), results back in row order, on CPU.
+        ZeRO-3: as many forwards on every rank."""
+        return self.run_micro_batches(batch, forward, rows=self.train_cfg.micro_batch_size,
+                                      max_tokens=self.train_cfg.max_tokens_per_infer_batch,
+                                      packed=self.packing, lockstep=self.cfg.zero_stage == 3)
 
     def epoch_permutation(self, rows: int, epoch: int) -> Tensor:
         """The row order of `epoch` (> 0) of the update starting now: a function of the

@@ -159,6 +159,18 @@ class TrainSection:
     ppo_epochs: int = positive(1)      # passes over the rollout batch
     mini_batch_size: int = positive(64)  # sequences per optimizer step (over all ranks)
     micro_batch_size: int = positive(16)  # sequences per forward/backward on one rank
+    # Padding-free forwards (actor, critic, reference, reward model): a micro-batch's
+    # sequences concatenated into one row, attention confined to each (rlhf.packing).
+    # "auto": per micro-batch, when it does no more work than padding (packing_pays).
+    packing: str = one_of("auto", "always", "never")
+    # > 0: training micro-batches hold at most this many tokens (packed: real tokens;
+    # padded: rows x width), balanced by length, as many on every rank; 0: micro_batch_size rows.
+    max_tokens_per_micro_batch: int = non_negative(0)
+    # The same for the no-grad passes (old and reference log-probs, values, reward scores).
+    max_tokens_per_infer_batch: int = non_negative(0)
+    # torch.compile (inductor, dynamic shapes) of the actor's / critic's module. Off:
+    # measured slower on CPU (BENCHMARKS.md, "Packing").
+    compile: bool = False
     # On-policy steps (1 epoch, 1 mini-batch, KL not in the reward): take the old
     # log-probs from the update's own forward instead of a separate actor pass (as TRL
     # does with num_iterations=1). The ratio is then exactly 1, as it would be anyway.

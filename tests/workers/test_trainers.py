@@ -100,7 +100,8 @@ def reference(ray_session, paths):
     from workers.reference import ReferenceWorker
 
     group = WorkerGroup(ReferenceWorker, 1, num_cpus=CPUS, name="reference", init_kwargs=dict(
-        model_path=paths["policy"], cfg=ReferenceSection(zero_stage=0), micro_batch_size=4, dtype="fp32"))
+        model_path=paths["policy"], cfg=ReferenceSection(zero_stage=0), micro_batch_size=4, dtype="fp32",
+        max_tokens=24))  # packed, in token-budget micro-batches (results back in row order)
     yield group
     group.kill()
 
@@ -275,6 +276,75 @@ def test_update_on_policy_refuses_several_epochs(actor_z2, batch):
         actor_z2.gather(actor_z2.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0))
 
 
+# ------------------------------------------------------------------ (c3) packing, token budgets
+# long-tailed response lengths (1 to 14 digits + EOS): packing and budgets matter
+TAIL_PAIRS = [("12+34=", "46"), ("5+6=", "11111111"), ("70+29=", "9"), ("3+4=", "7777"),
+              ("41+8=", "49494949494949"), ("66+13=", "79"), ("9+90=", "99999"), ("25+25=", "5")]
+BUDGET = 24
+
+
+def test_packed_token_budget_updates_equal_padded_on_1_and_2_ranks(ray_session, paths, tok):
+    """The same update padded (fixed micro-batches of 2) and packed in token-budget
+    micro-batches (uneven counts of rows) on 1 rank and on 2 DeepSpeed ranks: same
+    log-probs, loss, pre-clip gradient norm and weights; the on-policy variant returns
+    its old log-probs in row order although it trains the rows in another order."""
+    from workers.actor import ActorWorker
+    from workers.group import WorkerGroup
+
+    batch = make_batch(tok, TAIL_PAIRS)
+
+    def group_of(workers, packing, name):
+        budget = BUDGET if packing else 0
+        train = TrainSection(mini_batch_size=8, micro_batch_size=2, ppo_epochs=1,
+                             packing="always" if packing else "never",
+                             max_tokens_per_micro_batch=budget, max_tokens_per_infer_batch=budget)
+        return WorkerGroup(ActorWorker, workers, num_cpus=CPUS, name=name, init_kwargs=dict(
+            model_path=paths["policy"], trainer_cfg=trainer_cfg(2), algo_cfg=AlgorithmSection(),
+            train_cfg=train, seed=0, dtype="fp32"))
+
+    padded, packed1, packed2 = group_of(1, False, "padded1"), group_of(1, True, "packed1"), group_of(2, True, "packed2")
+    try:
+        mask = batch.response_mask.bool()
+        old = padded.run_split("compute_logprobs", batch, temperature=1.0)
+        for group in (packed1, packed2):
+            torch.testing.assert_close(group.run_split("compute_logprobs", batch, temperature=1.0)[mask], old[mask],
+                                       atol=2e-5, rtol=1e-5)
+        # the plans: within the budget, not the fixed 2-row chunks, as many on both ranks
+        costs = batch.attention_mask.sum(-1)
+        plan1 = packed1.gather(packed1.call_split("train_micro_batches", batch))[0]
+        plans2 = packed2.gather(packed2.call_split("train_micro_batches", batch))
+        for plan in [plan1, *plans2]:
+            assert all(int(costs[idx].sum()) <= BUDGET for idx in plan)
+        assert sorted(len(idx) for idx in plan1) != [2, 2, 2, 2]
+        assert len(plans2[0]) == len(plans2[1])
+
+        train_batch = _with_advantages(batch, old)
+        m_padded = padded.gather(padded.call_split("update", train_batch, temperature=1.0))[0]
+        m_packed1 = packed1.gather(packed1.call_split("update", train_batch, temperature=1.0))[0]
+        results = packed2.gather(packed2.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0))
+        m_packed2, old2 = results[0][0], torch.cat([r[1] for r in results])
+        torch.testing.assert_close(old2[mask], old[mask], atol=2e-5, rtol=1e-5)
+        for m in (m_packed1, m_packed2):
+            assert m["actor/pg_loss"] == pytest.approx(m_padded["actor/pg_loss"], abs=1e-6)
+            assert m["actor/entropy"] == pytest.approx(m_padded["actor/entropy"], rel=1e-5)
+            assert m["actor/grad_norm"] == pytest.approx(m_padded["actor/grad_norm"], rel=1e-4)
+
+        from transformers import AutoModelForCausalLM
+
+        initial = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=torch.float32).state_dict()
+        w_padded = padded.run_all("full_weights")[0]
+        new = padded.run_split("compute_logprobs", batch, temperature=1.0)
+        assert (new - old)[mask].abs().max() > 1e-3
+        for group in (packed1, packed2):
+            rel, worst = update_mismatch(group.run_all("full_weights")[0], w_padded, initial)
+            assert rel < 1e-2, f"{group.role}: update differs by {rel:.2e} (relative), max |dw| {worst:.2e}"
+            torch.testing.assert_close(group.run_split("compute_logprobs", batch, temperature=1.0)[mask], new[mask],
+                                       atol=1e-4, rtol=0)
+    finally:
+        for group in (padded, packed1, packed2):
+            group.kill()
+
+
 # ------------------------------------------------------------------ (d) reference
 def test_reference_logprobs_stay_fixed_across_actor_updates(actor_z2, reference, paths, batch):
     before = reference.run_split("compute_logprobs", batch, temperature=1.0)
@@ -284,7 +354,8 @@ def test_reference_logprobs_stay_fixed_across_actor_updates(actor_z2, reference,
     after = reference.run_split("compute_logprobs", batch, temperature=1.0)
     assert (after_actor - old).abs().max() > 1e-3
     assert torch.equal(before, after)
-    torch.testing.assert_close(after, hf_logprobs(paths["policy"], batch, 1.0), atol=1e-5, rtol=1e-5)
+    mask = batch.response_mask.bool()  # packed: pad cells are 0
+    torch.testing.assert_close(after[mask], hf_logprobs(paths["policy"], batch, 1.0)[mask], atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ (g) checkpoints
@@ -312,7 +383,7 @@ def test_worker_error_names_role_rank_and_method_quickly(actor_z2, batch):
     from workers.group import WorkerError
 
     bad = batch.replace(input_ids=batch.input_ids.clone())
-    bad.input_ids[batch.size // 2:, -1] = 10_000  # out of vocabulary, on rank 1's half only
+    bad.input_ids[batch.size // 2:, batch.prompt_len] = 10_000  # out of vocabulary, a real token of rank 1's half only
     started = time.monotonic()
     with pytest.raises(WorkerError, match=r"actor rank 1 failed in compute_logprobs") as err:
         actor_z2.run_split("compute_logprobs", bad, temperature=1.0)
@@ -368,7 +439,8 @@ def reward_model(ray_session, paths):
     from workers.reward_model import RewardModelWorker
 
     group = WorkerGroup(RewardModelWorker, 1, num_cpus=CPUS, name="reward_model",
-                        init_kwargs=dict(model_path=paths["scorer"], micro_batch_size=4, dtype="fp32"))
+                        init_kwargs=dict(model_path=paths["scorer"], micro_batch_size=4, dtype="fp32",
+                                         max_tokens=24))
     yield group
     group.kill()
 
