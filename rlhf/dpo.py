@@ -12,40 +12,26 @@ step 0 every margin is 0, a tie, which counts as wrong). HF export `dpo_policy/`
 """
 from __future__ import annotations
 
-from rlhf.preference_data import load_preferences, pair_batch, train_eval_split
-from rlhf.stage_run import StageRun, say
+from rlhf.pair_stage import PairStageRun
 from workers.dpo_trainer import DPOTrainerWorker
 
 
-class DPORun(StageRun):
+class DPORun(PairStageRun):
     worker_cls = DPOTrainerWorker
     export_name = "dpo_policy"
     progress_keys = ("dpo/loss", "dpo/reward_acc", "dpo/margin", "dpo/eval_acc", "timing/step")
 
-    @property
-    def rows_per_step(self) -> int:
-        return self.cfg.train.mini_batch_size  # pairs
-
-    def load_data(self) -> None:
-        d = self.cfg.data
-        load = lambda path: load_preferences(path, d, self.tokenizer)  # noqa: E731
-        full = load(d.train_path)
-        self.train_set, self.eval_set = train_eval_split(full, d.eval_path, d.eval_size, load)
-        say(f"preference pairs from {d.train_path}: {full.summary()}; {len(self.train_set)} train, "
-            f"{len(self.eval_set)} held out")
-
     def step(self, indices: list[int]) -> dict:
         # one optimizer step; each rank gets whole (chosen, rejected) pairs
         t = self.cfg.train
-        batch = pair_batch(self.train_set, indices, self.tokenizer.pad_token_id)
+        batch = self.pairs(indices)
         metrics = self.group.gather(self.group.call_split("train_step", batch, beta=t.beta, loss_type=t.loss,
                                                           label_smoothing=t.label_smoothing))[0]
         return {k: v for k, v in metrics.items() if k.startswith("dpo/") and k != "dpo/skipped_steps"}
 
     def evaluate(self) -> dict:
         """Held-out implicit-reward accuracy and mean margin beta * h."""
-        pairs = self.even_rows(len(self.eval_set))
-        batch = pair_batch(self.eval_set, range(pairs), self.tokenizer.pad_token_id)
+        batch = self.held_out_pairs()
         h = self.group.gather_cat(self.group.call_split("eval_margins", batch))
         return {"dpo/eval_acc": float((h > 0).float().mean()),
                 "dpo/eval_margin": float(self.cfg.train.beta * h.mean())}
