@@ -28,9 +28,10 @@ def test_processes_are_named_by_kind(cmdline, kind):
 
 
 def test_a_child_holding_memory_shows_in_the_breakdown_and_peak(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import sys, time; x = bytearray(300 * 2**20); print(1, flush=True); time.sleep(60)"],
-                             stdout=subprocess.PIPE)
+    """Named by its script (other children, e.g. a test session's Ray, may run beside it)."""
+    holder = tmp_path / "holder.py"
+    holder.write_text("import time\nx = bytearray(300 * 2**20)\nprint(1, flush=True)\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, str(holder)], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()  # the 300 MiB are resident
         watch = MemoryWatch()
@@ -39,8 +40,8 @@ def test_a_child_holding_memory_shows_in_the_breakdown_and_peak(tmp_path):
     finally:
         child.kill()
     assert sample["perf/peak_pipeline_rss_gb"] == sample["perf/pipeline_rss_gb"] >= 0.3
-    assert kinds["ray: python"] >= 0.29 and set(kinds) == {"driver", "ray: python"}
+    assert kinds["ray: holder.py"] >= 0.29 and "driver" in kinds
     line = watch.report(tmp_path)
     saved = json.loads((tmp_path / "memory.json").read_text())
-    assert saved["peak_rss_gib"] == watch.peak_gib and saved["at_peak_pss_gib"]["ray: python"] >= 0.29
-    assert line.startswith(f"peak resident memory of the pipeline: {watch.peak_gib:.2f} GiB") and "ray: python" in line
+    assert saved["peak_rss_gib"] == watch.peak_gib and saved["at_peak_pss_gib"]["ray: holder.py"] >= 0.29
+    assert line.startswith(f"peak resident memory of the pipeline: {watch.peak_gib:.2f} GiB") and "ray: holder.py" in line
