@@ -81,8 +81,8 @@ def pack(input_ids: Tensor, attention_mask: Tensor) -> Packed:
     lengths = real.sum(-1)
     positions = real.long().cumsum(-1) - 1
     first = real.long().argmax(-1)
-    last = torch.where(lengths > 0, first + lengths - 1, first)
-    contiguous = (lengths == 0) | real.gather(1, last[:, None]).squeeze(1)
+    last = real.shape[1] - 1 - real.flip(-1).long().argmax(-1)
+    contiguous = (lengths == 0) | (last - first + 1 == lengths)
     if not bool(contiguous.all()):
         bad = (~contiguous).nonzero().flatten().tolist()
         raise ValueError(f"rows {bad} have pad tokens between real ones: cannot pack")

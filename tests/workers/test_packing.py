@@ -70,6 +70,8 @@ def test_pack_layout_and_refusals():
     assert src.tolist() == [1, 5, 6]  # the token before each response token
     with pytest.raises(ValueError, match=r"rows \[0\] have pad tokens between real ones"):
         pack(torch.tensor([[1, 0, 1]]), torch.tensor([[1, 0, 1]]))
+    with pytest.raises(ValueError, match=r"rows \[1\] have pad tokens between real ones"):
+        pack(torch.ones(2, 4, dtype=torch.long), torch.tensor([[0, 1, 1, 1], [1, 0, 1, 1]]))
     with pytest.raises(ValueError, match=r"rows \[0, 2\] have none"):
         pack(ids, mask).response_sources(prompt_len=1)
 
