@@ -26,10 +26,11 @@ from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
 from rlhf.faults import nonfinite_fields
+from rlhf.generation import Generated, generate, reward_columns
+from rlhf.agent.trajectory import trajectory_metrics
 from rlhf.group_filter import GroupFilter, SampledRound
 from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
-from rlhf.seeds import derive_seed
 
 
 class PPOTrainer:
@@ -56,9 +57,11 @@ class PPOTrainer:
         # inputs first: a bad model folder or dataset leaves no run directory behind
         self.paths = self._resolve_models()
         self.tokenizer = load_tokenizer("model.policy", self.paths["policy"])
-        self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer)
-        self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size)
-                         if cfg.data.eval_path else None)
+        tools = self._agent_tools()
+        cfg = self.cfg  # with the agent's files resolved
+        self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer, tools=tools)
+        self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size,
+                                      tools=tools) if cfg.data.eval_path else None)
         say(f"prompts: {len(self.train_set)} train ({self.train_set.dropped_too_long} dropped over "
             f"{cfg.data.max_prompt_tokens} tokens), {len(self.eval_set) if self.eval_set else 0} eval")
         self.sampler = PromptSampler(len(self.train_set), cfg.train.prompts_per_step, cfg.run.seed, cfg.data.shuffle)
@@ -76,6 +79,18 @@ class PPOTrainer:
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
         rewind_to = start_step if resume_from else (-1 if cfg.run.resume == "auto" else None)
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg), resume_step=rewind_to)
+
+    def _agent_tools(self) -> list[dict] | None:
+        """Agentic runs: environment and tool files made absolute (every rollout worker loads
+        the same ones, whatever its cwd); the tool schemas the prompts describe."""
+        agent = self.cfg.rollout.agent
+        if not agent.enabled:
+            return None
+        from rlhf.agent.env import resolve_agent_specs, tool_schemas
+
+        agent = resolve_agent_specs(agent, os.getcwd())
+        self.cfg = dataclasses.replace(self.cfg, rollout=dataclasses.replace(self.cfg.rollout, agent=agent))
+        return tool_schemas(agent) if agent.tools_in_prompt else None
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
@@ -180,12 +195,12 @@ class PPOTrainer:
         with t("generate"):
             self.roles.share_cores(self.rollout)
             seed_key = ("train", self.step_index) + ((round_index,) if round_index else ())
-            batch, texts, finish = self._generate(rows, n, cfg.rollout.temperature, seed_key=seed_key)
-        # step 2. score them: reward functions (process pool) and the reward model
+            gen = generate(cfg, self.rollout, self.tokenizer, rows, n, cfg.rollout.temperature, seed_key)
+        # step 2. score them: reward functions (process pool), the reward model, the environment
         with t("reward"):
             self.roles.share_cores(self.reward_model)
-            scores, metrics = self._score(batch, rows, texts, finish, n)
-        return SampledRound(rows, batch.replace(scores=scores), texts, finish, metrics)
+            scores, metrics = self._score(gen, rows, n)
+        return SampledRound(rows, gen.batch.replace(scores=scores), gen.texts, gen.finish, metrics)
 
     def _update_and_sync(self, batch: Batch) -> tuple[dict, Batch]:
         """Returns the metrics and the batch, with the old log-probs when the update scored them.
@@ -237,42 +252,8 @@ class PPOTrainer:
         say(f"step {self.step_index + 1}: {why} (bad step {self.bad_steps} of at most {limit})")
 
     # ---------------------------------------------------------------- phases
-    def _generate(self, rows: PromptSet, n: int, temperature: float, seed_key: tuple):
-        """Spread prompts over the rollout engines; assemble the padded Batch. Engine e
-        samples with base seed derive_seed(run.seed, *seed_key, e); each of its requests
-        then hashes in its prompt and sample index (RolloutWorker.generate)."""
-        from workers.group import RankRefs
-
-        cfg = self.cfg.rollout
-        engines = self.rollout.world_size
-        parts = [list(range(len(rows)))[i::engines] for i in range(engines)]  # round-robin: equal load
-        refs = [actor.generate.remote([rows.prompt_ids[i] for i in part], n=n, temperature=temperature,
-                                      top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                      stop_token_ids=cfg.stop_token_ids,
-                                      seed=derive_seed(self.cfg.run.seed, *seed_key, e))
-                for e, (actor, part) in enumerate(zip(self.rollout.actors, parts))]
-        outs = self.rollout.gather(RankRefs(refs, "generate"))
-        order, responses, logprobs, finish, versions = [], [], [], [], []
-        for part, out in zip(parts, outs):
-            for k, i in enumerate(part):
-                for j in range(n):
-                    order.append(i)
-                    responses.append(out["response_ids"][k * n + j])
-                    logprobs.append(out["logprobs"][k * n + j])
-                    finish.append(out["finish_reasons"][k * n + j])
-                    versions.append(out["weight_version"])
-        # restore prompt order (sample j of prompt i at row i*n + j)
-        perm = sorted(range(len(order)), key=lambda r: (order[r], r))
-        pick = lambda xs: [xs[r] for r in perm]  # noqa: E731
-        order, responses, logprobs, finish, versions = map(pick, (order, responses, logprobs, finish, versions))
-        batch = build_batch([rows.prompt_ids[i] for i in order], responses, logprobs,
-                            torch.tensor(order), torch.tensor(versions), cfg.max_new_tokens,
-                            self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return batch, texts, finish
-
-    def _score(self, batch: Batch, rows: PromptSet, texts: list[str], finish: list[str], n: int):
-        cfg = self.cfg
+    def _score(self, gen: Generated, rows: PromptSet, n: int):
+        cfg, batch, texts, finish = self.cfg, gen.batch, gen.texts, gen.finish
         rm_ref = self.reward_model.call_split("score", batch) if self.reward_model else None
         expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
         result = self.rewards.score(expand(rows.prompts), texts, expand(rows.labels),
@@ -286,11 +267,16 @@ class PPOTrainer:
             scores = scores + cfg.reward.model_weight * rm_scores
             metrics["reward/model"] = float(rm_scores.mean())
         if cfg.algorithm.overlong_buffer:
-            penalty = overlong_penalty(batch.response_mask.sum(-1), cfg.rollout.max_new_tokens,
+            penalty = overlong_penalty(batch.response_mask.sum(-1), cfg.response_budget,
                                        cfg.algorithm.overlong_buffer, cfg.algorithm.overlong_penalty)
             scores = scores + penalty
             metrics["reward/overlong_penalty"] = float(penalty.mean())
-        metrics["rollout/truncated_frac"] = sum(f == "length" for f in finish) / len(finish)
+        if gen.trajectories is not None:  # agentic: the environment's rewards, the loop's counts
+            env_rewards = torch.tensor([t["env_reward"] for t in gen.trajectories], dtype=torch.float32)
+            scores = scores + cfg.rollout.agent.env_reward_weight * env_rewards
+            metrics["reward/environment"] = float(env_rewards.mean())
+            metrics.update(trajectory_metrics(gen.trajectories))
+        metrics["rollout/truncated_frac"] = sum(f in ("length", "max_turns") for f in finish) / len(finish)
         return scores, metrics
 
     def _sampling(self) -> dict:
@@ -374,7 +360,8 @@ class PPOTrainer:
         # the same seeds at every evaluation: sampled evaluations differ only by the policy
         with progress("evaluating", total=2, unit="phase") as bar:
             bar.set_postfix_str(f"generating {len(self.eval_set)} answers")
-            batch, texts, finish = self._generate(self.eval_set, 1, cfg.rollout.eval_temperature, seed_key=("eval",))
+            gen = generate(cfg, self.rollout, self.tokenizer, self.eval_set, 1, cfg.rollout.eval_temperature, ("eval",))
+            batch, texts = gen.batch, gen.texts
             bar.update()
             bar.set_postfix_str("scoring")
             result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels,
@@ -384,6 +371,10 @@ class PPOTrainer:
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
                "eval/response_length": float(batch.response_mask.sum(-1).mean())}
         out.update({f"eval/reward/{k}": sum(v) / len(v) for k, v in result.components.items()})
+        if gen.trajectories is not None:
+            agent = trajectory_metrics(gen.trajectories)
+            out.update({f"eval/{k}": agent[k] for k in ("agent/tool_calls_mean", "agent/format_error_rate",
+                                                         "agent/turns_mean")})
         return out
 
     # ================================================================ loop
@@ -471,35 +462,6 @@ class PPOTrainer:
 
 
 # ==================================================================== helpers
-def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
-                group_ids: torch.Tensor, versions: torch.Tensor, response_len: int, pad_id: int) -> Batch:
-    """Left-pad prompts, right-pad responses to `response_len` (see rlhf/batch.py)."""
-    size, prompt_len = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((size, prompt_len + response_len), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    resp_mask = torch.zeros(size, response_len)
-    rollout_lp = torch.zeros(size, response_len)
-    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
-        r, lp = r[:response_len], lp[:response_len]
-        ids[i, prompt_len - len(p): prompt_len] = torch.tensor(p)
-        attn[i, prompt_len - len(p): prompt_len + len(r)] = 1
-        if r:
-            ids[i, prompt_len: prompt_len + len(r)] = torch.tensor(r)
-            rollout_lp[i, : len(r)] = torch.tensor(lp)
-        resp_mask[i, : len(r)] = 1
-    return Batch(input_ids=ids, attention_mask=attn, response_mask=resp_mask, group_ids=group_ids,
-                 rollout_logprobs=rollout_lp, weight_version=versions)
-
-
-def reward_columns(rows: PromptSet, batch: Batch, n: int) -> dict[str, list]:
-    """The dataset's extra columns, one entry per response (n per prompt), plus
-    `response_length`: each response's length in tokens (length rewards such as the
-    built-in overlong_penalty count tokens, not characters)."""
-    columns = {k: [x for x in v for _ in range(n)] for k, v in rows.columns.items()}
-    columns["response_length"] = batch.response_mask.sum(-1).long().tolist()
-    return columns
-
-
 def make_reward_manager(cfg: RunConfig):
     from rewards import RewardManager, RewardSpec
 

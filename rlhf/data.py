@@ -109,21 +109,29 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str) -> str:
+def render_prompt(row: dict, data_cfg, tokenizer, row_index: int, source: str, tools: list[dict] | None = None) -> str:
+    """The prompt text of a row; `tools` (JSON schemas): described to the policy, by the
+    chat template's `tools=` or a plain header (rlhf.agent.render)."""
     value = row.get(data_cfg.prompt_key)
     if value is None:
         raise DataError(f"{source} row {row_index}: no prompt key {data_cfg.prompt_key!r} "
                         f"(columns: {sorted(row)}); set data.prompt_key")
     if data_cfg.template == "chat":
         messages = value if isinstance(value, list) else [{"role": "user", "content": str(value)}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, add_generation_prompt=True)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{source} row {row_index}: empty or non-text prompt in column {data_cfg.prompt_key!r}")
-    return data_cfg.prompt_template.replace("{prompt}", value)
+    header = ""
+    if tools:
+        from rlhf.agent.render import plain_tools_header
+
+        header = plain_tools_header(tools)
+    return header + data_cfg.prompt_template.replace("{prompt}", value)
 
 
-def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> PromptSet:
-    """Load, render and tokenize prompts; drop (and count) the ones over budget."""
+def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None, tools: list[dict] | None = None) -> PromptSet:
+    """Load, render and tokenize prompts (`tools`: see render_prompt); drop (and count) the
+    ones over budget."""
     if data_cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
         raise DataError(f"config key 'data.template' is 'chat' but the policy's tokenizer has no chat template; "
                         f"use data.template=plain")
@@ -139,7 +147,7 @@ def load_prompts(path: str, data_cfg, tokenizer, limit: int | None = None) -> Pr
     other = [c for c in table.column_names if c not in (data_cfg.prompt_key, data_cfg.label_key)]
     out = PromptSet([], [], [], {c: [] for c in other}, 0, path)
     for i, row in enumerate(table):
-        text = render_prompt(row, data_cfg, tokenizer, i, path)
+        text = render_prompt(row, data_cfg, tokenizer, i, path, tools)
         ids = tokenizer.encode(text, add_special_tokens=data_cfg.template != "chat")
         if len(ids) > data_cfg.max_prompt_tokens:
             out.dropped_too_long += 1

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, is_dataclass
 
-from rlhf.config.schema import RolloutSection
+from rlhf.config.schema import AgentSection, RolloutSection
 from rlhf.seeds import derive_seed
 from workers import device as dev
 
@@ -37,7 +37,9 @@ def _section(cfg: RolloutSection | dict) -> RolloutSection:
         return cfg
     if is_dataclass(cfg):
         cfg = asdict(cfg)
-    return RolloutSection(**dict(cfg))
+    cfg = dict(cfg)
+    cfg["agent"] = AgentSection(**dict(cfg.get("agent") or {}))
+    return RolloutSection(**cfg)
 
 
 def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device: dev.Device,
@@ -90,6 +92,7 @@ class RolloutWorker:
         self.llm = LLM(**kwargs)
         self.start_seconds = time.perf_counter() - t0
         self._sleeping = False
+        self._agent_env = None  # the environment factory, made on the first agent rollout
 
     # ---------------------------------------------------------------- sampling
     def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float,
@@ -135,6 +138,36 @@ class RolloutWorker:
                     finish.append(comp.finish_reason)
         return {"response_ids": response_ids, "logprobs": logprobs, "finish_reasons": finish,
                 "weight_version": self._version}
+
+    def run_agent(self, prompt_token_ids: list[list[int]], samples: list[dict], *, n: int, temperature: float,
+                  top_p: float = 1.0, top_k: int = -1, max_new_tokens: int, stop_token_ids=(),
+                  seed: int | None = None, chat: bool = False, agent: dict | None = None) -> dict:
+        """`n` multi-turn trajectories per prompt (workers.agent_loop), ordered like
+        `generate`'s samples: trajectory j of prompt i at i*n + j, seeded with
+        derive_seed(seed, i, j) (then per turn). Returns {"trajectories": [Trajectory.result()],
+        "weight_version"}. `agent`: a `rollout.agent` section to use instead of the engine's
+        own (one engine serving several environments)."""
+        from rlhf.agent.env import environment_factory
+        from workers.agent_loop import AgentLoop, TurnSampling
+
+        if agent is not None:
+            agent = AgentSection(**agent)
+            make_env = environment_factory(agent)
+        else:
+            agent = self.cfg.agent
+            if self._agent_env is None:
+                self._agent_env = environment_factory(agent)
+            make_env = self._agent_env
+        loop = AgentLoop(self.llm.llm_engine, self.llm.get_tokenizer(), make_env, chat=chat,
+                         max_turns=agent.max_turns, max_total_tokens=agent.max_total_tokens,
+                         tool_timeout_s=agent.tool_timeout_s, max_observation_tokens=agent.max_observation_tokens,
+                         concurrency=agent.concurrency, on_error=agent.on_error)
+        sampling = TurnSampling(temperature, top_p, top_k, max_new_tokens, list(agent.stop), list(stop_token_ids))
+        count = len(prompt_token_ids) * n
+        seeds = [None if seed is None else derive_seed(seed, k // n, k % n) for k in range(count)]
+        results = loop.run([prompt_token_ids[k // n] for k in range(count)], [samples[k // n] for k in range(count)],
+                           sampling, seeds)
+        return {"trajectories": results, "weight_version": self._version}
 
     def score_sequences(self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]) -> list[list[float]]:
         """vLLM's log-probs (T = 1) of each given response token after its prompt."""

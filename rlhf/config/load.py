@@ -109,6 +109,7 @@ def validate(cfg: RunConfig) -> None:
     _check_batch_arithmetic(cfg)
     _check_ranges(cfg)
     _check_rewards(cfg)
+    _check_agent(cfg)
     _check_gpus(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
 
@@ -180,9 +181,37 @@ def _check_ranges(cfg: RunConfig) -> None:
     if algo.filter_groups and not algo.needs.groups:
         raise ConfigError(f"config key 'algorithm.filter_groups' needs a group-based algorithm.adv_estimator "
                           f"(grpo, rloo, reinforce++-baseline), not {algo.adv_estimator!r}")
-    if cfg.algorithm.overlong_buffer > cfg.rollout.max_new_tokens:
+    if cfg.algorithm.overlong_buffer > cfg.response_budget:
+        budget_key = "rollout.agent.max_total_tokens" if cfg.rollout.agent.enabled else "rollout.max_new_tokens"
         raise ConfigError(f"config key 'algorithm.overlong_buffer' ({cfg.algorithm.overlong_buffer}) must be <= "
-                          f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
+                          f"{budget_key} ({cfg.response_budget})")
+
+
+def _check_agent(cfg: RunConfig) -> None:
+    """The environment and tools load (a bad spec fails here, before anything starts)."""
+    agent = cfg.rollout.agent
+    if not agent.enabled:
+        return
+    if agent.environment and agent.tools:
+        raise ConfigError("config keys 'rollout.agent.environment' and 'rollout.agent.tools' are exclusive: "
+                          "tools are an environment (give tools, or an environment with a `tools` attribute)")
+    if cfg.rollout.max_new_tokens > agent.max_total_tokens:
+        raise ConfigError(f"config key 'rollout.max_new_tokens' ({cfg.rollout.max_new_tokens}, per turn) must be <= "
+                          f"rollout.agent.max_total_tokens ({agent.max_total_tokens})")
+    from rlhf.agent.env import EnvError, load_environment
+
+    if agent.environment:
+        try:
+            load_environment(agent.environment)
+        except EnvError as err:
+            raise ConfigError(f"config key 'rollout.agent.environment': {err}") from None
+    for i, spec in enumerate(agent.tools):
+        from rlhf.agent.tools import load_tool
+
+        try:
+            load_tool(spec)
+        except Exception as err:  # noqa: BLE001 - a bad tool spec or file, named by its key
+            raise ConfigError(f"config key 'rollout.agent.tools[{i}]': {err}") from None
 
 
 def _check_rewards(cfg: RunConfig) -> None:

@@ -58,6 +58,28 @@ class DataSection:
 
 
 @dataclass
+class AgentSection:
+    """Multi-turn rollouts (rlhf.agent): on when `environment` or `tools` is set."""
+    environment: Optional[str] = None  # "path/to/env.py:Class" or a registered name (rlhf.agent.env)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the environment class
+    tools: list[str] = field(default_factory=list)  # built-ins (calculator, python) or "file.py:fn": a tool-calling environment
+    max_turns: int = positive(4)       # policy turns per trajectory
+    max_total_tokens: int = positive(256)  # tokens after the prompt (policy + observations); rollout.max_new_tokens is per turn
+    max_observation_tokens: int = positive(256)  # a longer observation ends the trajectory with an error
+    tool_timeout_s: float = positive(10.0)  # per tool call / environment step
+    tool_max_output_chars: int = positive(2000)  # longer tool output is cut (and counted as a tool error)
+    concurrency: int = non_negative(0)  # trajectories in flight per engine (0: all)
+    stop: list[str] = field(default_factory=lambda: ["</tool_call>"])  # strings that end a turn (besides EOS)
+    tools_in_prompt: bool = True       # describe the tools in the prompt (chat template tools=, else a plain header)
+    env_reward_weight: float = 1.0     # the environment's rewards add to the score with this weight
+    on_error: str = one_of("continue", "fail")  # an environment that raises/hangs/floods: end its trajectory | stop
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.environment or self.tools)
+
+
+@dataclass
 class RolloutSection:
     num_workers: int = positive(1)     # vLLM engines; a batch is split across them
     n: int = positive(4)               # responses sampled per prompt (the group for GRPO/RLOO)
@@ -74,6 +96,7 @@ class RolloutSection:
     tensor_parallel_size: int = positive(1)  # GPUs each engine shards its model over (rollout.num_gpus must equal it)
     num_cpus: float = positive(0.5)    # Ray CPUs per engine
     num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
+    agent: AgentSection = field(default_factory=AgentSection)  # multi-turn rollouts with tools / environments
     sleep_between_steps: Optional[bool] = None  # vLLM sleep mode while training; None: on in the hybrid engine (colocated, rollout.num_gpus < 1)
 
 
@@ -244,6 +267,12 @@ class RunConfig:
     def rollout_batch_size(self) -> int:
         """Sequences per PPO step."""
         return self.train.prompts_per_step * self.rollout.n
+
+    @property
+    def response_budget(self) -> int:
+        """Response slots of a batch row: one completion, or a whole multi-turn trajectory."""
+        agent = self.rollout.agent
+        return agent.max_total_tokens if agent.enabled else self.rollout.max_new_tokens
 
     @property
     def mini_batches_per_epoch(self) -> int:

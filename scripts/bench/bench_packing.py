@@ -63,7 +63,7 @@ def make_batch(tok, lengths: list[int], budget: int, n: int, seed: int):
     """Prompts of the kit's arithmetic split, `lengths` random tokens each (the last
     one EOS when the response ends before the budget), GRPO advantages."""
     from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs
-    from rlhf.controller import build_batch
+    from rlhf.generation import build_batch
 
     specials = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}
     vocab = [t for t in range(min(len(tok), tok.vocab_size)) if t not in specials]  # added tokens may lie outside the embedding

@@ -47,7 +47,7 @@ def sample_batch(path: str, sequences: int, n: int, response_len: int, seed: int
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs
-    from rlhf.controller import build_batch
+    from rlhf.generation import build_batch
 
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)

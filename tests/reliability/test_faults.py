@@ -239,7 +239,7 @@ def test_nan_gradients_skip_the_optimizer_step_and_checkpoints_load_weights_only
 
 
 def _batch(tok, pairs):
-    from rlhf.controller import build_batch
+    from rlhf.generation import build_batch
 
     prompts = [tok(p, add_special_tokens=False)["input_ids"] for p, _ in pairs]
     responses = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for _, r in pairs]

@@ -6,7 +6,7 @@ import torch
 
 from rlhf import checkpoint as ckpt
 from rlhf.config.schema import DataSection
-from rlhf.controller import build_batch, reward_columns
+from rlhf.generation import build_batch, reward_columns
 from rlhf.data import DataError, PromptSampler, load_prompts
 
 
