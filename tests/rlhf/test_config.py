@@ -136,7 +136,7 @@ def test_every_declared_range_and_choice_refuses_values_outside(recipe, key, val
 
 def test_every_number_of_the_schema_declares_its_range():
     """A new numeric key must say what it accepts (rlhf.config.checks); these take any value."""
-    any_value = {"reward.model_weight", "reward.error_score"}
+    any_value = {"reward.model_weight", "reward.error_score", "rollout.agent.env_reward_weight"}
     for schema, _ in SCHEMAS:
         unchecked = {key for key, kind, f in _fields(schema)
                      if _types(kind) & {int, float} and "check" not in f.metadata}
