@@ -253,15 +253,9 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- phases
     def _score(self, gen: Generated, rows: PromptSet, n: int):
-        cfg, batch, texts, finish = self.cfg, gen.batch, gen.texts, gen.finish
+        cfg, batch, finish = self.cfg, gen.batch, gen.finish
         rm_ref = self.reward_model.call_split("score", batch) if self.reward_model else None
-        expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
-        result = self.rewards.score(expand(rows.prompts), texts, expand(rows.labels),
-                                    reward_columns(rows, batch, n))
-        scores = torch.tensor(result.scores, dtype=torch.float32)
-        metrics = {f"reward/{k}": sum(v) / len(v) for k, v in result.components.items()}
-        metrics.update({f"reward/{k}": _nanmean(v) for k, v in result.extra.items()})
-        metrics["reward/errors"] = result.errors
+        scores, metrics = self._function_scores(gen, rows, n, "reward/")
         if rm_ref is not None:
             rm_scores = self.reward_model.gather_cat(rm_ref).float()
             scores = scores + cfg.reward.model_weight * rm_scores
@@ -271,12 +265,27 @@ class PPOTrainer:
                                        cfg.algorithm.overlong_buffer, cfg.algorithm.overlong_penalty)
             scores = scores + penalty
             metrics["reward/overlong_penalty"] = float(penalty.mean())
-        if gen.trajectories is not None:  # agentic: the environment's rewards, the loop's counts
-            env_rewards = torch.tensor([t["env_reward"] for t in gen.trajectories], dtype=torch.float32)
-            scores = scores + cfg.rollout.agent.env_reward_weight * env_rewards
-            metrics["reward/environment"] = float(env_rewards.mean())
+        if gen.trajectories is not None:  # agentic: the loop's counts
             metrics.update(trajectory_metrics(gen.trajectories))
         metrics["rollout/truncated_frac"] = sum(f in ("length", "max_turns") for f in finish) / len(finish)
+        return scores, metrics
+
+    def _function_scores(self, gen: Generated, rows: PromptSet, n: int, prefix: str):
+        """The reward functions' weighted sum plus, in agentic runs, the environment's
+        rewards (rollout.agent.env_reward_weight); their metrics under `prefix`."""
+        scores, metrics = torch.zeros(len(gen.texts)), {}
+        if self.rewards is not None:  # agentic runs may score with the environment alone
+            expand = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731
+            result = self.rewards.score(expand(rows.prompts), gen.texts, expand(rows.labels),
+                                        reward_columns(rows, gen.batch, n))
+            scores = torch.tensor(result.scores, dtype=torch.float32)
+            metrics = {f"{prefix}{k}": sum(v) / len(v) for k, v in result.components.items()}
+            metrics.update({f"{prefix}{k}": _nanmean(v) for k, v in result.extra.items()})
+            metrics[f"{prefix}errors"] = result.errors
+        if gen.trajectories is not None:
+            env_rewards = torch.tensor([t["env_reward"] for t in gen.trajectories], dtype=torch.float32)
+            scores = scores + self.cfg.rollout.agent.env_reward_weight * env_rewards
+            metrics[f"{prefix}environment"] = float(env_rewards.mean())
         return scores, metrics
 
     def _sampling(self) -> dict:
@@ -361,16 +370,14 @@ class PPOTrainer:
         with progress("evaluating", total=2, unit="phase") as bar:
             bar.set_postfix_str(f"generating {len(self.eval_set)} answers")
             gen = generate(cfg, self.rollout, self.tokenizer, self.eval_set, 1, cfg.rollout.eval_temperature, ("eval",))
-            batch, texts = gen.batch, gen.texts
+            batch = gen.batch
             bar.update()
             bar.set_postfix_str("scoring")
-            result = self.rewards.score(self.eval_set.prompts, texts, self.eval_set.labels,
-                                        reward_columns(self.eval_set, batch, 1))
+            scores, reward_metrics = self._function_scores(gen, self.eval_set, 1, "eval/reward/")
             bar.update()
-        scores = torch.tensor(result.scores)
         out = {"eval/reward_mean": float(scores.mean()), "eval/pass_rate": float((scores >= 1.0 - 1e-6).float().mean()),
                "eval/response_length": float(batch.response_mask.sum(-1).mean())}
-        out.update({f"eval/reward/{k}": sum(v) / len(v) for k, v in result.components.items()})
+        out.update({k: v for k, v in reward_metrics.items() if k != "eval/reward/errors"})
         if gen.trajectories is not None:
             agent = trajectory_metrics(gen.trajectories)
             out.update({f"eval/{k}": agent[k] for k in ("agent/tool_calls_mean", "agent/format_error_rate",
@@ -463,8 +470,11 @@ class PPOTrainer:
 
 # ==================================================================== helpers
 def make_reward_manager(cfg: RunConfig):
+    """The reward functions' manager; None when there are none (an environment scores)."""
     from rewards import RewardManager, RewardSpec
 
+    if not cfg.reward.functions:
+        return None
     specs = [RewardSpec(name=f.name, fn=f.fn, weight=f.weight, kwargs=dict(f.kwargs)) for f in cfg.reward.functions]
     return RewardManager(specs, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s,
                          on_error=cfg.reward.on_error, error_score=cfg.reward.error_score, base_dir=os.getcwd())

@@ -216,9 +216,9 @@ def _check_agent(cfg: RunConfig) -> None:
 
 def _check_rewards(cfg: RunConfig) -> None:
     functions = cfg.reward.functions
-    if not functions:
+    if not functions and not cfg.rollout.agent.environment:
         raise ConfigError("config key 'reward.functions' is empty; give at least one, e.g. "
-                          "[{name: task, fn: tiny_arithmetic}]")
+                          "[{name: task, fn: tiny_arithmetic}] (only an agent environment may score alone)")
     names = [f.name for f in functions]
     for i, f in enumerate(functions):
         if not f.name.strip() or not f.fn.strip():
