@@ -246,6 +246,14 @@ def _end(proc, stop: bool):
             time.sleep(0.01)
     _signal(proc.pid, signal.SIGKILL, group=True)  # leftovers outside a pid namespace
     proc.wait()
+    # SIGKILL lands asynchronously: wait until the group is gone (signal 0 only probes).
+    deadline = time.monotonic() + _STOP_GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        time.sleep(0.005)
 
 
 def _signal(pid, sig, group):
