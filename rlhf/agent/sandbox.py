@@ -17,6 +17,9 @@ What is enforced (`sandbox_guarantees()` says which of these this machine gives)
   refuses writes, creations, removals and renames outside the scratch directory (and
   /dev/null), for the code and every program it starts; with ABI >= 4 also TCP bind/connect,
   with ABI >= 6 signals and abstract unix sockets leaving the sandbox.
+- When the caller is root (this machine): the code runs as `nobody` keeping only
+  CAP_DAC_READ_SEARCH (root ignores RLIMIT_NPROC; the interpreter may live under /root),
+  in pid + net namespaces made without a user namespace; reads stay as root's.
 - Where either is missing: Python audit hooks in the child block what the kernel does not
   (socket creation/connect/bind; file writes outside the scratch dir; starting programs and
   ctypes, which would leave the hooks behind). Weaker: native code in extension modules
