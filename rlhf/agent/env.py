@@ -111,7 +111,7 @@ class ToolEnvironment:
             out.tool_seconds.append(result.seconds)
             out.tool_errors += result.error is not None
             out.tool_timeouts += result.timed_out
-            results.append(result.text if result.error is None else "error: " + result.error)
+            results.append(result.text)  # on an error: "error: ..." (or the tool's own account)
         out.observation = "".join(format_response(r) for r in results)
         out.messages = [_tool_message(r) for r in results]
         return out

@@ -54,3 +54,47 @@ def test_a_file_that_fails_to_import_is_named(tmp_path):
     (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
     with pytest.raises(EnvError, match=r"broken.py:Env: cannot import: ModuleNotFoundError"):
         load_environment("broken.py:Env", base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- tools as an environment
+def tool_env(*names, **kwargs):
+    from rlhf.agent.env import ToolEnvironment
+    from rlhf.agent.tools import load_tool
+
+    return ToolEnvironment([load_tool(n) for n in names], **{"timeout_s": 5.0, **kwargs})
+
+
+def test_a_tool_call_is_answered_with_its_result():
+    from rlhf.agent.format import format_call
+
+    step = tool_env("calculator").step("let me see " + format_call("calculator", {"expression": "123*45"}))
+    assert (step.observation, step.done, step.tool_calls, step.tool_errors) == (
+        "<tool_response>5535</tool_response>", False, 1, 0)
+    assert step.messages == [{"role": "tool", "content": "5535"}] and len(step.tool_seconds) == 1
+
+
+def test_a_turn_without_a_call_ends_the_trajectory():
+    step = tool_env("calculator").step("5535")
+    assert step.done and step.observation == "" and step.tool_calls == 0
+
+
+@pytest.mark.parametrize("action, words, counter", [
+    ('<tool_call>{"name": "calculator", "arguments": {"expression": "1+"}', "error: tool call not closed", "format_errors"),
+    ('<tool_call>{"name": "calculator", "arguments": {"expr": "1+1"}}</tool_call>', "error: bad arguments", "tool_errors"),
+    ('<tool_call>{"name": "search", "arguments": {}}</tool_call>', "error: unknown tool 'search'", "tool_errors"),
+    ('<tool_call>{"name": "calculator", "arguments": {"expression": "1/0"}}</tool_call>', "error: ", "tool_errors"),
+])
+def test_call_errors_go_back_to_the_policy(action, words, counter):
+    step = tool_env("calculator").step(action)
+    assert not step.done and step.observation.startswith("<tool_response>" + words), step.observation
+    assert getattr(step, counter) == 1
+
+
+def test_python_tool_runs_in_the_sandbox_and_times_out():
+    from rlhf.agent.format import format_call
+
+    env = tool_env("python", timeout_s=1.0)
+    ok = env.step(format_call("python", {"code": "print(6*7)"}))
+    assert ok.observation.startswith("<tool_response>42") and ok.tool_errors == 0
+    slow = env.step(format_call("python", {"code": "while True: pass"}))
+    assert slow.tool_errors == slow.tool_timeouts == 1 and "timed out after 1 s" in slow.observation
