@@ -24,11 +24,25 @@ class Generated:
     trajectories: list[dict] | None  # rlhf.agent.trajectory.Trajectory.result() per row (agentic runs)
 
 
+@dataclass
+class Launched:
+    """A generation under way on the engines (Ray refs), to be collected."""
+    refs: list
+    parts: list[list[int]]           # prompt indices of each engine
+    rows: PromptSet
+    n: int
+    agent: bool
+
+
 def generate(cfg, rollout, tokenizer, rows: PromptSet, n: int, temperature: float, seed_key: tuple) -> Generated:
-    """Spread prompts over the rollout engines round-robin; assemble the padded Batch in
-    prompt order (sample j of prompt i at row i*n + j). Engine e samples with base seed
-    derive_seed(run.seed, *seed_key, e); each request then hashes in its prompt and sample
-    index (and turn)."""
+    """Generate and wait: `collect(launch(...))`."""
+    return collect(cfg, rollout, tokenizer, launch(cfg, rollout, rows, n, temperature, seed_key))
+
+
+def launch(cfg, rollout, rows: PromptSet, n: int, temperature: float, seed_key: tuple) -> Launched:
+    """Spread prompts over the rollout engines round-robin and start sampling; returns at
+    once. Engine e samples with base seed derive_seed(run.seed, *seed_key, e); each request
+    then hashes in its prompt and sample index (and turn)."""
     from workers.group import RankRefs
 
     r, agent = cfg.rollout, cfg.rollout.agent.enabled
@@ -44,9 +58,16 @@ def generate(cfg, rollout, tokenizer, rows: PromptSet, n: int, temperature: floa
                                                chat=cfg.data.template == "chat", **sampling))
         else:
             refs.append(actor.generate.remote(prompts, seed=seed, **sampling))
-    outs = rollout.gather(RankRefs(refs, "run_agent" if agent else "generate"))
+    return Launched(RankRefs(refs, "run_agent" if agent else "generate"), parts, rows, n, agent)
+
+
+def collect(cfg, rollout, tokenizer, launched: Launched) -> Generated:
+    """Wait for a launched generation; the padded Batch in prompt order (sample j of
+    prompt i at row i*n + j)."""
+    rows, n, agent = launched.rows, launched.n, launched.agent
+    outs = rollout.gather(launched.refs)
     samples = []  # (prompt index, record) in engine order
-    for part, out in zip(parts, outs):
+    for part, out in zip(launched.parts, outs):
         records = out["trajectories"] if agent else _completions(out)
         for k, i in enumerate(part):
             samples += [(i, {**rec, "weight_version": out["weight_version"]}) for rec in records[k * n:(k + 1) * n]]

@@ -104,6 +104,10 @@ class ActorWorker(DeepSpeedTrainer):
             is_weights = None
             if algo.tis_cap is not None:
                 is_weights = truncated_is_weights(old, mb.rollout_logprobs.to(self.device), mask, algo.tis_cap)
+                tokens = mask.sum().clamp_min(1)
+                stats.add("mean", "actor/is_weight_mean", is_weights.sum() / tokens)
+                stats.add("mean", "actor/is_weight_capped_frac",
+                          ((is_weights >= algo.tis_cap * (1 - 1e-6)) * mask).sum() / tokens)
             pg_loss, pg_metrics = policy_loss(
                 logprobs, old, mb.advantages.to(self.device), mask, clip_low=algo.clip_low,
                 clip_high=algo.clip_high, dual_clip=algo.dual_clip, is_weights=is_weights, **agg)

@@ -110,6 +110,7 @@ def validate(cfg: RunConfig) -> None:
     _check_ranges(cfg)
     _check_rewards(cfg)
     _check_agent(cfg)
+    _check_one_step(cfg)
     _check_gpus(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
 
@@ -212,6 +213,25 @@ def _check_agent(cfg: RunConfig) -> None:
             load_tool(spec)
         except Exception as err:  # noqa: BLE001 - a bad tool spec or file, named by its key
             raise ConfigError(f"config key 'rollout.agent.tools[{i}]': {err}") from None
+
+
+def _check_one_step(cfg: RunConfig) -> None:
+    """rollout.mode one_step trains on samples one weight version old."""
+    r = cfg.rollout
+    if r.mode != "one_step":
+        return
+    if r.max_staleness < 1:
+        raise ConfigError("config key 'rollout.max_staleness' must be >= 1 with rollout.mode=one_step (its samples "
+                          "are one weight version old); rollout.mode=sync is staleness 0")
+    if cfg.algorithm.tis_cap is None:
+        raise ConfigError("config key 'algorithm.tis_cap' must be set with rollout.mode=one_step (e.g. 2.0): the "
+                          "truncated importance weights correct for samples drawn by the previous policy")
+    if cfg.algorithm.filter_groups:
+        raise ConfigError("config key 'algorithm.filter_groups' is not supported with rollout.mode=one_step "
+                          "(extra generation rounds would wait on the batch in flight)")
+    if r.sleep_between_steps:
+        raise ConfigError("config key 'rollout.sleep_between_steps' must be off with rollout.mode=one_step: the "
+                          "engines generate the next batch while the trainer runs")
 
 
 def _check_rewards(cfg: RunConfig) -> None:
