@@ -184,9 +184,13 @@ class RolloutWorker:
         """vLLM's log-probs (T = 1) of each given response token after its prompt."""
         from vllm import SamplingParams
 
+        if self.lora_request is not None:
+            # vLLM 0.32's CPU LoRA kernels (punica_cpu bgmv_shrink) mis-size the logits of
+            # prompt log-probs: einsum error. Sampled-token log-probs (`generate`) are fine.
+            raise NotImplementedError("score_sequences with a LoRA adapter is not supported by vLLM 0.32 (CPU)")
         sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         prompts = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompt_token_ids, response_token_ids)]
-        outs = self.llm.generate(prompts, sp, use_tqdm=False, lora_request=self.lora_request)
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
         scores = []
         for out, p, r in zip(outs, prompt_token_ids, response_token_ids):
             seq = list(p) + list(r)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, LoRASection, TrainerSection
 from tests.workers.test_trainers import (  # noqa: F401 (fixtures)
     CPUS, TRAIN, _with_advantages, batch, paths, reference, tok, update_mismatch)
@@ -44,6 +45,18 @@ def trained_z2(lora_z2, batch):  # noqa: F811
     old = lora_z2.run_split("compute_logprobs", batch, temperature=1.0)
     lora_z2.gather(lora_z2.call_split("update", _with_advantages(batch, old), temperature=1.0))
     return old
+
+
+def _batch_of(tok, prompts: list[list[int]], responses: list[list[int]]) -> Batch:
+    """Token ids in the rlhf.batch layout (prompts left-padded, responses right-padded)."""
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    ids = torch.full((len(prompts), P + R), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p):P + len(r)] = torch.tensor(list(p) + list(r))
+        mask[i, P - len(p):P + len(r)] = 1
+    return Batch(input_ids=ids, attention_mask=mask, response_mask=mask[:, P:].float(),
+                 group_ids=torch.arange(len(prompts)))
 
 
 def _base_weights(path):
@@ -150,15 +163,20 @@ def test_engine_serves_each_synced_adapter_as_a_new_lora_version(ray_session, lo
         assert ray.get(engine.weight_version.remote()) == 3
         loras = ray.get(engine.__ray_call__.remote(lambda w: sorted(w.llm.llm_engine.list_loras())))
         assert loras == [2, 3]  # version 1 removed
+        # the engine's sampled log-probs (T = 1) == the actor's on those samples
         P = batch.prompt_len
         prompts = [row[m.bool()].tolist() for row, m in zip(batch.input_ids[:, :P], batch.attention_mask[:, :P])]
-        responses = [row[m.bool()].tolist() for row, m in zip(batch.responses, batch.response_mask)]
-        got = ray.get(engine.score_sequences.remote(prompts, responses))
-        expected = lora_z2.run_split("compute_logprobs", batch, temperature=1.0)
-        diff = torch.cat([(torch.tensor(g) - expected[i, :len(g)]).abs() for i, g in enumerate(got)])
+        out = ray.get(engine.generate.remote(prompts, n=2, temperature=1.0, max_new_tokens=4, seed=1))
+        assert out["weight_version"] == 3 and len(out["response_ids"]) == 16
+        sampled = _batch_of(tok, [prompts[i // 2] for i in range(16)], out["response_ids"])
+        expected = lora_z2.run_split("compute_logprobs", sampled, temperature=1.0)
+        diff = torch.cat([(torch.tensor(lp) - expected[i, :len(lp)]).abs() for i, lp in enumerate(out["logprobs"])])
         assert diff.mean() < 1e-3 and diff.max() < 1e-2, diff
-        out = ray.get(engine.generate.remote(prompts[:2], n=2, temperature=1.0, max_new_tokens=4, seed=1))
-        assert out["weight_version"] == 3 and len(out["response_ids"]) == 4
+        # the adapter changed the policy: the base model scores those samples differently
+        base = lora_z2.run_split("compute_ref_logprobs", sampled, temperature=1.0)
+        assert (base - expected).abs().max() > 1e-2
+        with pytest.raises(ray.exceptions.RayTaskError, match="score_sequences with a LoRA adapter"):
+            ray.get(engine.score_sequences.remote(prompts[:1], [[1]]))
     finally:
         ray.get(engine.shutdown.remote())
         ray.kill(engine)
