@@ -21,6 +21,7 @@ from rlhf.config.schema import LoRASection
 
 ADAPTER = "default"                    # peft's name for the one adapter
 PEFT_PREFIX = "base_model.model."      # what peft puts before the wrapped model's names
+VALUE_HEADS = ("score", "classifier")  # the heads peft keeps fully trainable in TOKEN_CLS models
 # the ranks vLLM 0.32 accepts as max_lora_rank (vllm.config.lora.MaxLoRARanks)
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -29,8 +30,11 @@ def peft_config(lora: LoRASection, task_type: str):
     from peft import LoraConfig
 
     targets = lora.target_modules
+    # a value model's head is trained whole (peft's modules_to_save for TOKEN_CLS), never adapted
+    head = {"exclude_modules": list(VALUE_HEADS)} if task_type == "TOKEN_CLS" else {}
     return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                      task_type=task_type, target_modules="all-linear" if targets == ["all-linear"] else list(targets))
+                      task_type=task_type, target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+                      **head)
 
 
 def adaptable_module_names(model: torch.nn.Module) -> list[str]:

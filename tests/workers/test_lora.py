@@ -193,3 +193,32 @@ def test_bad_lora_input_is_refused_with_the_key(paths):  # noqa: F811
     with pytest.raises(ConfigError, match=r"critic.lora.target_modules'.*no module \['input_layernorm'\]"):
         check_lora(LoRASection(rank=4, target_modules=["input_layernorm"]), paths["policy"], "critic.lora",
                    value_head=True)
+
+
+def test_critic_lora_trains_adapters_and_the_whole_value_head(ray_session, paths, batch):  # noqa: F811
+    """critic.lora: adapters on the backbone, the value head (`score`) fully trainable;
+    the values still move toward the returns."""
+    from rlhf.algorithms import masked_mean
+    from workers.critic import CriticWorker
+    from workers.group import WorkerGroup
+
+    cfg = TrainerSection(zero_stage=2, lr=1e-2, grad_clip=1.0, num_cpus=CPUS, lora=LORA)
+    critic = WorkerGroup(CriticWorker, 1, num_cpus=CPUS, name="lora_critic", init_kwargs=dict(
+        model_path=paths["policy"], trainer_cfg=cfg, algo_cfg=AlgorithmSection(value_clip=0.2), train_cfg=TRAIN,
+        seed=0, dtype="fp32"))
+    try:
+        mask = batch.response_mask
+        returns = torch.linspace(-1, 1, 8)[:, None] * mask
+        first = None
+        for _ in range(4):
+            values = critic.run_split("compute_values", batch)
+            first = masked_mean((values - returns).square(), mask).item() if first is None else first
+            critic.gather(critic.call_split("update", batch.replace(values=values, returns=returns)))
+        final = masked_mean((critic.run_split("compute_values", batch) - returns).square(), mask).item()
+        assert final < 0.5 * first, (first, final)
+        counts = critic.run_all("parameter_counts")[0]
+        adapters = 4 * (4 * 4 * 256 + 3 * 4 * 512)
+        assert counts["trainable"] == adapters + 128  # + the value head (hidden 128 -> 1, no bias)
+        assert counts["optimizer_moments"] == counts["trainable"]
+    finally:
+        critic.kill()
