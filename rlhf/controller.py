@@ -224,8 +224,10 @@ class PPOTrainer:
             return critic_metrics, batch
         # step 5+6. critic and actor updates, concurrently (different workers)
         # hybrid engine: vLLM frees its GPU memory for training; level 2 drops the weights
-        # too, since the sync below overwrites them anyway
-        sleep_metrics = self._rollout_memory("sleep", level=2)
+        # too, since the sync below overwrites them anyway (not an adapter-only sync: level 1
+        # keeps the base weights in host memory)
+        adapter_sync = self.cfg.actor.lora.enabled and not self.cfg.sync.lora_merge
+        sleep_metrics = self._rollout_memory("sleep", level=1 if adapter_sync else 2)
         with t("update"):
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None

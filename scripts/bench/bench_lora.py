@@ -38,6 +38,9 @@ SIDES = {
 }
 
 
+PHASES = ("generate", "logprobs_values", "update")  # median seconds of these phases too
+
+
 def run_side(side: str, args, out: Path) -> dict:
     from rlhf.metrics import read_metrics
 
@@ -57,6 +60,8 @@ def run_side(side: str, args, out: Path) -> dict:
     return {"sync_bytes": steps[-1]["sync/bytes"],
             "sync_seconds": statistics.median(r["sync/seconds"] for r in steps),
             "step_seconds": statistics.median(r["timing/step"] for r in steps[1:] or steps),
+            **{f"{phase}_seconds": statistics.median(r[f"timing/{phase}"] for r in steps[1:] or steps)
+               for phase in PHASES},
             "peak_rss_gib": memory["peak_rss_gib"],
             "logprob_diff_mean": max(r["rollout/logprob_diff_mean"] for r in steps),
             "reward_last": steps[-1]["rollout/reward_mean"],
@@ -77,9 +82,10 @@ def main() -> None:
         for side in args.sides.split(","):
             results[side] = run_side(side, args, Path(tmp))
             print(f"{side}: done in {results[side]['wall_seconds']:.0f}s", flush=True)
-    headers = ["side", "sync bytes", "sync s", "step s", "peak RSS GiB", "max logprob diff", "roles"]
-    rows = [[side, r["sync_bytes"], r["sync_seconds"], r["step_seconds"], r["peak_rss_gib"],
-             r["logprob_diff_mean"], ",".join(r["roles"])] for side, r in results.items()]
+    headers = ["side", "sync bytes", "sync s", "step s", *(f"{p} s" for p in PHASES), "peak RSS GiB",
+               "max logprob diff", "roles"]
+    rows = [[side, r["sync_bytes"], r["sync_seconds"], r["step_seconds"], *(r[f"{p}_seconds"] for p in PHASES),
+             r["peak_rss_gib"], r["logprob_diff_mean"], ",".join(r["roles"])] for side, r in results.items()]
     print(common.format_table(headers, rows))
     result = {"model": args.model, "steps": args.steps, "rank": args.rank,
               "sides": results}

@@ -54,3 +54,18 @@ def test_grpo_lora_merged_sync(ray_session, tiny, tmp_path):
     elements = sum(t.numel() for t in load_file(f"{tiny['policy']}/model.safetensors").values())
     # the full merged weights travel, in the engine's dtype (fp32, or bf16 where native)
     assert all(r["sync/bytes"] in (2 * elements, 4 * elements) for r in steps), steps[0]["sync/bytes"]
+
+
+def test_bad_lora_target_fails_at_start_with_the_key(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.e2e.test_pipeline import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "rlhf.cli", "train", str(ROOT / "recipes" / "grpo_tiny.yaml"),
+                           "actor.lora.rank=8", "actor.lora.target_modules=[q_proj,qkv]",
+                           f"run.output_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "config key 'actor.lora.target_modules': the model has no module ['qkv']; it has [" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before the run directory
