@@ -58,6 +58,7 @@ class PPOTrainer:
         cfg = self.cfg
         # inputs first: a bad model folder or dataset leaves no run directory behind
         self.paths = self._resolve_models()
+        self._check_lora()
         self.tokenizer = load_tokenizer("model.policy", self.paths["policy"])
         tools = self._agent_tools()
         cfg = self.cfg  # with the agent's files resolved
@@ -81,6 +82,15 @@ class PPOTrainer:
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
         rewind_to = start_step if resume_from else (-1 if cfg.run.resume == "auto" else None)
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg), resume_step=rewind_to)
+
+    def _check_lora(self) -> None:
+        """actor.lora / critic.lora against the models (rlhf.lora.check_lora), before any worker."""
+        from rlhf.lora import check_lora
+
+        if self.cfg.actor.lora.enabled:
+            check_lora(self.cfg.actor.lora, self.paths["policy"], "actor.lora")
+        if self.cfg.critic.lora.enabled and self.cfg.algorithm.uses_critic:
+            check_lora(self.cfg.critic.lora, self.paths["critic"], "critic.lora", value_head=True)
 
     def _agent_tools(self) -> list[dict] | None:
         """Agentic runs: environment and tool files made absolute (every rollout worker loads
@@ -246,8 +256,10 @@ class PPOTrainer:
             return critic_metrics, batch
         # step 5+6. critic and actor updates, concurrently (different workers)
         # hybrid engine: vLLM frees its GPU memory for training; level 2 drops the weights
-        # too, since the sync below overwrites them anyway
-        sleep_metrics = self._rollout_memory("sleep", level=2)
+        # too, since the sync below overwrites them anyway (not an adapter-only sync: level 1
+        # keeps the base weights in host memory)
+        adapter_sync = self.cfg.actor.lora.enabled and not self.cfg.sync.lora_merge
+        sleep_metrics = self._rollout_memory("sleep", level=1 if adapter_sync else 2)
         with t("update"):
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
@@ -336,10 +348,13 @@ class PPOTrainer:
         old_ref = None
         if not self._update_scores_old():
             old_ref = self.actor.call_split("compute_logprobs", batch, **self._sampling())
-        ref_ref = self.reference.call_split("compute_logprobs", batch, temperature=temp)
+        # actor.lora: the reference is the actor's base model (adapters disabled, rlhf.roles)
+        ref_group = self.reference or self.actor
+        verb = "compute_logprobs" if self.reference else "compute_ref_logprobs"
+        ref_ref = ref_group.call_split(verb, batch, temperature=temp)
         val_ref = self.critic.call_split("compute_values", batch) if self.critic else None
         return batch.replace(old_logprobs=self.actor.gather_cat(old_ref) if old_ref is not None else None,
-                             ref_logprobs=self.reference.gather_cat(ref_ref),
+                             ref_logprobs=ref_group.gather_cat(ref_ref),
                              values=self.critic.gather_cat(val_ref) if val_ref else None)
 
     def _advantages(self, batch: Batch):
@@ -442,9 +457,14 @@ class PPOTrainer:
     def finish(self) -> None:
         """Final HF export and plots."""
         run = self.cfg.run
-        if run.export_hf:
+        lora = self.cfg.actor.lora
+        if run.export_hf and lora.enabled:
+            out = self.run_dir / "final_adapter"
+            self.actor.run_all("save_adapter", str(out))
+            say(f"final policy adapter (peft format, base {self.paths['policy']}): {out}")
+        if run.export_hf and (not lora.enabled or lora.export_merged):
             out = self.run_dir / "final_policy"
-            self.actor.run_all("save_hf", str(out))
+            self.actor.run_all("save_hf", str(out))  # actor.lora: the adapter merged into the base
             say(f"final policy (Hugging Face format): {out}")
         if run.plots:
             from rlhf.plots import plot_run

@@ -68,10 +68,16 @@ def weight_transfer_backend(cfg: RunConfig) -> str | None:
     return engine_backend(cfg.cluster.placement, cfg.sync.transport, cfg.rollout.num_gpus, cfg.actor.num_gpus)
 
 
+def reference_in_actor(cfg: RunConfig) -> bool:
+    """actor.lora on: the reference is the actor's base model (adapters disabled), no role of its own."""
+    return cfg.actor.lora.enabled
+
+
 def role_requests(cfg: RunConfig) -> list[RoleRequest]:
     reqs = [RoleRequest("rollout", cfg.rollout.num_workers, cfg.rollout.num_cpus, cfg.rollout.num_gpus),
-            RoleRequest("actor", cfg.actor.num_workers, cfg.actor.num_cpus, cfg.actor.num_gpus),
-            RoleRequest("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus)]
+            RoleRequest("actor", cfg.actor.num_workers, cfg.actor.num_cpus, cfg.actor.num_gpus)]
+    if not reference_in_actor(cfg):
+        reqs.append(RoleRequest("reference", 1, cfg.reference.num_cpus, cfg.reference.num_gpus))
     if cfg.algorithm.uses_critic:
         reqs.append(RoleRequest("critic", cfg.critic.num_workers, cfg.critic.num_cpus, cfg.critic.num_gpus))
     if cfg.model.reward_model:
@@ -283,6 +289,8 @@ class PPORoles:
         cfg, started = self.cfg, time.time()
         self.placement = make_placement(cfg, role_requests(cfg))
         placed = self.placement.save(run_dir / "placement.json")
+        if reference_in_actor(cfg):
+            say("reference: the actor's base model with its LoRA adapters disabled (actor.lora), no reference role")
         self.rank_nodes = {role: [rank["node_id"] for rank in ranks] for role, ranks in placed.items()}
         with progress("starting roles", total=len(placed) + 1, unit="role") as bar:
             bar.set_postfix_str("loading " + ", ".join(placed))
@@ -298,7 +306,8 @@ class PPORoles:
             bar.set_postfix_str("connecting actor and rollout for weight sync")
             senders = self.actor.run_all("device_report")
             transport = self.actor.run_all("connect_rollout", self.rollout.actors, cfg.sync.transport,
-                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype, senders)[0]
+                                           cfg.sync.bucket_mb << 20, cfg.rollout.dtype, senders,
+                                           lora_merge=cfg.sync.lora_merge)[0]
             bar.update()
         say(f"roles up in {time.time() - started:.0f}s (weight sync transport: {transport})")
 
@@ -307,9 +316,11 @@ class PPORoles:
         from workers.rollout import RolloutWorker
 
         cfg = self.cfg
+        adapter_sync = cfg.actor.lora.enabled and not cfg.sync.lora_merge
         self.rollout = self._group("rollout", RolloutWorker, cfg.rollout, distributed=False,
                                    model_path=paths["policy"], cfg=cfg.rollout, seed=cfg.run.seed,
-                                   weight_transfer=weight_transfer_backend(cfg))
+                                   weight_transfer=weight_transfer_backend(cfg),
+                                   lora_rank=cfg.actor.lora.rank if adapter_sync else None)
 
     def _start_trainers(self, paths: dict[str, str | None]) -> None:
         """Create the actor, critic, reference and reward-model groups, loading."""
@@ -327,8 +338,9 @@ class PPORoles:
                                       trainer_cfg=cfg.critic, algo_cfg=cfg.algorithm, **common)
         infer = dict(micro_batch_size=cfg.train.micro_batch_size, packing=cfg.train.packing,
                      max_tokens=cfg.train.max_tokens_per_infer_batch)
-        self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
-                                     model_path=paths["reference"], cfg=cfg.reference, **infer)
+        if not reference_in_actor(cfg):
+            self.reference = self._group("reference", ReferenceWorker, cfg.reference, workers=1,
+                                         model_path=paths["reference"], cfg=cfg.reference, **infer)
         if paths["reward_model"]:
             self.reward_model = self._group("reward_model", RewardModelWorker, cfg.reward, workers=1,
                                             model_path=paths["reward_model"],

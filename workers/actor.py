@@ -44,6 +44,16 @@ class ActorWorker(DeepSpeedTrainer):
         return self.infer(batch, lambda mb: response_logprobs(
             self.engine, mb, temperature, device=self.device, top_k=top_k, top_p=top_p, packed=self.packing)[0])
 
+    @torch.no_grad()
+    def compute_ref_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
+        """With actor.lora: the reference's log-probs (full softmax at `temperature`, as the
+        reference role computes them) from the base model, i.e. this model with its
+        adapters disabled. ZeRO-3: collective. Shape: batch (b, P+R) -> (b, R) float32 on CPU."""
+        if self.lora is None:
+            raise ValueError("compute_ref_logprobs needs actor.lora (otherwise the reference role computes them)")
+        with self.engine.module.disable_adapter():
+            return self.compute_logprobs(batch, temperature=temperature)
+
     def update(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> dict[str, float]:
         """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes),
         with log-probs of the sampling distribution (temperature, top_k, top_p).
@@ -138,17 +148,23 @@ class ActorWorker(DeepSpeedTrainer):
         return dataclasses.asdict(dev.device_report(ray.get_runtime_context().get_node_id(), self.device))
 
     def connect_rollout(self, rollout_handles: list, transport: str, bucket_bytes: int, dtype: str,
-                        senders: list[dict] | None = None) -> str:
+                        senders: list[dict] | None = None, lora_merge: bool = False) -> str:
         """Open the weight transport to the rollout engines; returns its name (rank 0).
         `senders`: every rank's `device_report`, so all ranks choose alike. Between GPUs
         every rank takes part (vLLM's engines: IPC hands each engine the copy of the rank
-        on its GPU); otherwise rank 0 alone sends (shared memory, gloo)."""
+        on its GPU); otherwise rank 0 alone sends (shared memory, gloo).
+        With actor.lora and not `lora_merge`, only the adapter travels (Ray objects, rank 0:
+        `push_weights`); with `lora_merge`, merged full tensors take the transports above."""
         import ray
 
         from workers.vllm_transfer import VllmWeightSender, backend_for, module_metas
         from workers.weight_sync import WeightSender, choose_sync
 
         self.sender = self.gpu_sender = None
+        self.rollout_handles = rollout_handles
+        self.adapter_sync = self.lora is not None and not lora_merge
+        if self.adapter_sync:
+            return "lora adapter"
         reports = [dev.DeviceReport(**r) for r in senders] if senders else None
         infos = ray.get([h.engine_info.remote() for h in rollout_handles])
         sync_dtype, name = choose_sync(infos, transport, dtype, reports, self.device)
@@ -181,9 +197,31 @@ class ActorWorker(DeepSpeedTrainer):
             # before vLLM wakes its KV cache on it
             torch.cuda.empty_cache()
             return stats
-        weights = self.named_weights_for_sync()
+        if self.adapter_sync:
+            return self._push_adapter(version)
+        weights = self.hf_weights()  # LoRA: merged into the base weights
         if self.sender is None:
             for _ in weights:  # take part in the ZeRO-3 gathers
                 pass
             return {}
         return self.sender.send(weights, version)
+
+    def _push_adapter(self, version: int) -> dict:
+        """Send the adapter to every engine, which serves it as LoRA version `version`
+        (`RolloutWorker.load_adapter`). Collective under ZeRO-3; stats on rank 0."""
+        import time
+
+        import ray
+
+        from rlhf.lora import adapter_config_dict
+
+        start = time.perf_counter()
+        tensors = self.adapter_weights()
+        if self.rank != 0:
+            return {}
+        config = adapter_config_dict(self.engine.module, self.model_path)
+        ray.get([h.load_adapter.remote(tensors, config, version) for h in self.rollout_handles])
+        seconds = time.perf_counter() - start
+        nbytes = sum(t.nbytes for t in tensors.values())
+        return {"sync/seconds": seconds, "sync/bytes": nbytes, "sync/GBps": nbytes / max(seconds, 1e-9) / 1e9,
+                "sync/tensors": len(tensors)}

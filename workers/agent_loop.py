@@ -42,8 +42,9 @@ class TurnSampling:
 
 class AgentLoop:
     def __init__(self, engine, tokenizer, make_env, *, chat: bool, max_turns: int, max_total_tokens: int,
-                 tool_timeout_s: float, max_observation_tokens: int, concurrency: int, on_error: str):
-        self.engine, self.make_env = engine, make_env
+                 tool_timeout_s: float, max_observation_tokens: int, concurrency: int, on_error: str,
+                 lora_request=None):
+        self.engine, self.make_env, self.lora_request = engine, make_env, lora_request  # the policy's LoRA version
         self.render = ObservationRenderer(tokenizer, chat)
         self.tokenizer = tokenizer
         self.max_turns, self.budget = max_turns, max_total_tokens
@@ -155,7 +156,7 @@ class AgentLoop:
             include_stop_str_in_output=True, stop_token_ids=list(sampling.stop_token_ids),
             seed=None if seed is None else derive_seed(seed, traj.turns), logprobs=0, detokenize=True)
         request_id = f"agent-{next(self._ids)}"
-        self.engine.add_request(request_id, {"prompt_token_ids": traj.context}, params)
+        self.engine.add_request(request_id, {"prompt_token_ids": traj.context}, params, lora_request=self.lora_request)
         return request_id
 
     def _fail(self, traj: Trajectory, why: str) -> None:

@@ -18,6 +18,7 @@ from workers.trainer_base import DeepSpeedTrainer, load_value_model, response_va
 
 class CriticWorker(DeepSpeedTrainer):
     role = "critic"
+    lora_task_type = "TOKEN_CLS"  # critic.lora: peft keeps the value head (`score`) fully trainable
 
     def __init__(self, model_path: str, trainer_cfg: TrainerSection, algo_cfg: AlgorithmSection,
                  train_cfg: TrainSection, seed: int = 1, dtype: str = "auto") -> None:

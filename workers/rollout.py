@@ -43,10 +43,11 @@ def _section(cfg: RolloutSection | dict) -> RolloutSection:
 
 
 def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device: dev.Device,
-                  weight_transfer: str | None = None) -> dict:
+                  weight_transfer: str | None = None, lora_rank: int | None = None) -> dict:
     """The arguments of this worker's `vllm.LLM` on `device`. `weight_transfer`: the vLLM
     weight-transfer backend the engine starts with (GPU syncs, `workers.vllm_transfer.
-    engine_backend`; None: our CPU transports only)."""
+    engine_backend`; None: our CPU transports only). `lora_rank`: serve LoRA adapters of
+    up to that rank (the synced policy is base + adapter, `load_adapter`)."""
     cfg = _section(cfg)
     kwargs = dict(
         model=model_path,
@@ -63,6 +64,11 @@ def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device
     )
     if device.is_gpu:
         kwargs["enable_prefix_caching"] = True  # the n samples of a prompt share its KV blocks
+    if lora_rank:
+        from rlhf.lora import vllm_max_lora_rank
+
+        # two versions at once: requests of the previous one may still run (async rollouts)
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(lora_rank), max_loras=2)
     if weight_transfer is not None:
         if not device.is_gpu:
             raise ValueError(f"vLLM weight transfer {weight_transfer!r} needs a GPU engine")
@@ -72,7 +78,7 @@ def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device
 
 class RolloutWorker:
     def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0,
-                 weight_transfer: str | None = None):
+                 weight_transfer: str | None = None, lora_rank: int | None = None):
         device = dev.setup_process_env()
         dev.share_cores(1)  # until the controller says otherwise
         # vLLM's INFO lines (engine config, loader, KV cache) would bury the run's own
@@ -82,7 +88,12 @@ class RolloutWorker:
 
         self.cfg = _section(cfg)
         self._version = 0
-        kwargs = engine_kwargs(model_path, self.cfg, seed, device, weight_transfer if device.is_gpu else None)
+        kwargs = engine_kwargs(model_path, self.cfg, seed, device, weight_transfer if device.is_gpu else None,
+                               lora_rank)
+        # every request runs with the current policy adapter (None: the base weights; see load_adapter)
+        self.lora_request = None
+        self._adapters: list = []  # the LoRA requests the engine holds, oldest first
+        self._adapter_dir = None
         self.weight_transfer = kwargs.get("weight_transfer_config", {}).get("backend")
         self.dtype = kwargs["dtype"]
         if self.weight_transfer == "ipc":
@@ -126,7 +137,7 @@ class RolloutWorker:
             for j in range(copies):
                 prompts.append({"prompt_token_ids": list(p)})
                 sampling.append(params(None if seed is None or greedy else derive_seed(seed, i, j)))
-        outs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        outs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.lora_request)
         response_ids, logprobs, finish = [], [], []
         for out in outs:
             for comp in sorted(out.outputs, key=lambda c: c.index):
@@ -161,7 +172,7 @@ class RolloutWorker:
         loop = AgentLoop(self.llm.llm_engine, self.llm.get_tokenizer(), make_env, chat=chat,
                          max_turns=agent.max_turns, max_total_tokens=agent.max_total_tokens,
                          tool_timeout_s=agent.tool_timeout_s, max_observation_tokens=agent.max_observation_tokens,
-                         concurrency=agent.concurrency, on_error=agent.on_error)
+                         concurrency=agent.concurrency, on_error=agent.on_error, lora_request=self.lora_request)
         sampling = TurnSampling(temperature, top_p, top_k, max_new_tokens, list(agent.stop), list(stop_token_ids))
         count = len(prompt_token_ids) * n
         seeds = [None if seed is None else derive_seed(seed, k // n, k % n) for k in range(count)]
@@ -173,6 +184,10 @@ class RolloutWorker:
         """vLLM's log-probs (T = 1) of each given response token after its prompt."""
         from vllm import SamplingParams
 
+        if self.lora_request is not None:
+            # vLLM 0.32's CPU LoRA kernels (punica_cpu bgmv_shrink) mis-size the logits of
+            # prompt log-probs: einsum error. Sampled-token log-probs (`generate`) are fine.
+            raise NotImplementedError("score_sequences with a LoRA adapter is not supported by vLLM 0.32 (CPU)")
         sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         prompts = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompt_token_ids, response_token_ids)]
         outs = self.llm.generate(prompts, sp, use_tqdm=False)
@@ -201,6 +216,10 @@ class RolloutWorker:
         llm = getattr(self, "llm", None)  # None if the engine never started
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
+        if getattr(self, "_adapter_dir", None) is not None:
+            import shutil
+
+            shutil.rmtree(self._adapter_dir, ignore_errors=True)
         return True
 
     def engine_info(self) -> dict:
@@ -262,6 +281,39 @@ class RolloutWorker:
         self._version = version
         return {"version": version, "buckets": min(r["buckets"] for r in reports),
                 "tensors": min(r["tensors"] for r in reports)}
+
+    # ---------------------------------------------------------------- weight sync of a LoRA adapter
+    def load_adapter(self, tensors: dict, config: dict, version: int) -> dict:
+        """Serve the adapter `tensors` (peft's names; `config`: its adapter_config.json) as
+        weight version `version`: written to a per-version folder in shared memory, loaded
+        by vLLM as LoRA id `version`, used by every later request. Versions older than the
+        previous one are removed from the engine and the disk."""
+        import json
+        import shutil
+        import tempfile
+
+        from safetensors.torch import save_file
+        from vllm.lora.request import LoRARequest
+
+        if version <= self._version:
+            raise ValueError(f"weight version must increase: have {self._version}, got {version}")
+        if self._adapter_dir is None:
+            self._adapter_dir = tempfile.mkdtemp(prefix="rlhf-lora-", dir=dev.shared_memory_dir())
+        folder = os.path.join(self._adapter_dir, f"v{version}")
+        os.makedirs(folder)
+        save_file({n: t.contiguous() for n, t in tensors.items()}, os.path.join(folder, "adapter_model.safetensors"))
+        with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+            json.dump(config, f)
+        request = LoRARequest(f"policy-v{version}", version, folder)
+        self.llm.llm_engine.add_lora(request)  # loaded now, not by the first request
+        self._adapters.append(request)
+        while len(self._adapters) > 2:
+            old = self._adapters.pop(0)
+            self.llm.llm_engine.remove_lora(old.lora_int_id)
+            shutil.rmtree(old.lora_path, ignore_errors=True)
+        self.lora_request = request
+        self._version = version
+        return {"version": version, "loras": sorted(self.llm.llm_engine.list_loras())}
 
     # ---------------------------------------------------------------- weight sync by vLLM's engines (GPU)
     def vllm_weight_update(self, method: str, payload: dict | None = None) -> bool:

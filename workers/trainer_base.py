@@ -427,6 +427,14 @@ class DeepSpeedTrainer(RankWorker):
     def load_model(self, dtype: torch.dtype):
         raise NotImplementedError
 
+    lora_task_type = "CAUSAL_LM"  # peft's task type of this role's model
+
+    @property
+    def lora(self):
+        """This role's `lora` section when adapters are on, else None (the SFT/RM stages' have none)."""
+        lora = getattr(self.cfg, "lora", None)
+        return lora if lora is not None and lora.enabled else None
+
     def share_cores(self, sharers: int) -> int:
         """As RankWorker's, but small models train on one thread (MIN_PARAMS_FOR_THREADS)."""
         return dev.share_cores(sharers, max_threads=self.max_threads)
@@ -454,6 +462,11 @@ class DeepSpeedTrainer(RankWorker):
             self.max_threads = 1
         if self.cfg.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora is not None:  # only the adapters train (and get optimizer state below)
+            from rlhf.lora import add_adapters
+
+            torch.manual_seed(derive_seed(self.seed, self.role, "lora"))  # A alike whatever the load consumed
+            model = add_adapters(model, self.lora, self.lora_task_type, f"{self.role}.lora")
         factor = warmup_then_constant(self.cfg.warmup_steps)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = None
@@ -604,6 +617,69 @@ class DeepSpeedTrainer(RankWorker):
         if group:
             yield from gathered(group)
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Elements of this rank's model (all, trainable) and of its optimizer's Adam moments
+        (exp_avg: one per trained element this rank owns; 0 before the first step)."""
+        params = list(self.engine.module.parameters())
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        moments = sum(s["exp_avg"].numel() for s in inner.state.values() if "exp_avg" in s)
+        return {"total": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+                "trainable": sum(getattr(p, "ds_numel", p.numel()) for p in params if p.requires_grad),
+                "optimizer_moments": moments}
+
+    # ---------------------------------------------------------------- LoRA
+    def adapter_weights(self) -> dict[str, Tensor]:
+        """CPU copies of the adapter parameters, named as in peft's adapter file (collective
+        under ZeRO-3: every rank must call it)."""
+        from rlhf.lora import adapter_file_name
+
+        return {adapter_file_name(n): t for n, t in self._gathered_adapter().items()}
+
+    def _gathered_adapter(self) -> dict[str, Tensor]:
+        from rlhf.lora import is_adapter
+
+        named = [(n, p) for n, p in self.engine.module.named_parameters() if is_adapter(n)]
+        if self.cfg.zero_stage != 3:
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
+
+    def hf_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """`named_weights_for_sync` under the base model's names; with LoRA, the adapters
+        merged into the base weights (collective under ZeRO-3)."""
+        if self.lora is None:
+            yield from self.named_weights_for_sync()
+            return
+        from rlhf.lora import lora_deltas, merged_tensors
+
+        deltas = lora_deltas(self.engine.module, self._gathered_adapter().items())
+        yield from merged_tensors(self.named_weights_for_sync(), deltas)
+
+    def merged_weights(self) -> dict[str, Tensor]:
+        """CPU copies of `hf_weights` (collective under ZeRO-3). For tests and small models."""
+        return {n: t.detach().to("cpu", copy=True) for n, t in self.hf_weights()}
+
+    def save_adapter(self, path: str) -> str:
+        """The adapter in peft's format (adapter_model.safetensors + adapter_config.json, base:
+        this role's model path), written by rank 0; `peft.PeftModel.from_pretrained` loads it."""
+        import json
+
+        from safetensors.torch import save_file
+
+        from rlhf.lora import adapter_config_dict
+
+        tensors = self.adapter_weights()
+        if self.rank == 0:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            save_file({n: t.contiguous() for n, t in tensors.items()}, str(Path(path) / "adapter_model.safetensors"))
+            config = adapter_config_dict(self.engine.module, self.model_path)
+            (Path(path) / "adapter_config.json").write_text(json.dumps(config, indent=1))
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
     def full_weights(self) -> dict[str, Tensor]:
         """CPU copies of all weights (collective under ZeRO-3). For tests and small models."""
         return {n: t.detach().to("cpu", copy=True) for n, t in self.named_weights_for_sync()}
@@ -611,13 +687,17 @@ class DeepSpeedTrainer(RankWorker):
     def save_hf(self, path: str) -> str:
         """The model in Hugging Face format (safetensors + config + tokenizer), written by rank 0."""
         state = {}
-        for name, tensor in self.named_weights_for_sync():
+        for name, tensor in self.hf_weights():  # LoRA: merged
             if self.rank == 0:
                 state[name] = tensor.detach().to("cpu", copy=True)
         if self.rank == 0:
             from transformers import AutoTokenizer
 
-            self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+            module = self.engine.module
+            if self.lora is not None:  # a fresh base-model class: its own names, no adapter layers
+                with torch.device("meta"):
+                    module = type(module.get_base_model())(module.get_base_model().config)
+            module.save_pretrained(path, state_dict=state, safe_serialization=True)
             try:
                 AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
             except (OSError, ValueError):  # a model without a tokenizer

@@ -112,6 +112,7 @@ def validate(cfg: RunConfig) -> None:
     _check_agent(cfg)
     _check_one_step(cfg)
     _check_gpus(cfg)
+    _check_lora(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
 
 
@@ -264,10 +265,30 @@ def _check_gpus(cfg: RunConfig) -> None:
                           f"rollout.num_gpus ({gpus:g}): an engine sharing its GPU may use only its share of the memory")
 
 
+def _check_lora(cfg: RunConfig) -> None:
+    """actor.lora / sync.lora_merge combinations (the model is checked at start: rlhf.lora.check_lora)."""
+    lora = cfg.actor.lora
+    if not lora.enabled:
+        return
+    if cfg.model.reference and cfg.model.reference != cfg.model.policy:
+        raise ConfigError(f"config key 'model.reference' is {cfg.model.reference!r}, but with actor.lora the "
+                          f"reference is the policy's base model (adapters disabled); remove model.reference")
+    if not cfg.sync.lora_merge:
+        from rlhf.lora import vllm_max_lora_rank
+
+        vllm_max_lora_rank(lora.rank, "actor.lora.rank")
+    elif cfg.rollout.num_gpus > 0:
+        raise ConfigError("config key 'sync.lora_merge' is true with GPU rollout engines: merged LoRA weights go "
+                          "through the CPU transports only; leave it false (the engines serve the adapter)")
+
+
 # ---------------------------------------------------------------- sft / rm stages
 def validate_stage(cfg: SFTConfig | RMConfig | DPOConfig) -> None:
     """Semantic checks of an `rlhf sft` / `rlhf rm` config."""
     check_fields(cfg)
+    if cfg.trainer.lora.enabled:
+        raise ConfigError(f"config key 'trainer.lora.rank' is {cfg.trainer.lora.rank}: LoRA is for the PPO run's "
+                          f"actor (and critic) only; the {cfg.stage} stage trains every weight")
     unit = "pairs" if isinstance(cfg, (RMConfig, DPOConfig)) else "sequences"
     t, ranks = cfg.train, cfg.trainer.num_workers
     if t.mini_batch_size % (ranks * t.micro_batch_size):

@@ -155,6 +155,22 @@ class AlgorithmSection:
 
 
 @dataclass
+class LoRASection:
+    """Low-rank adapters (peft) instead of full fine-tuning: only the adapters train and
+    carry optimizer state. Actor: the reference is the base model with the adapters off
+    (no reference role), and the weight sync sends only the adapter (see sync.lora_merge)."""
+    rank: Optional[int] = non_negative(None)  # adapter rank r; 0 / null: LoRA off (full fine-tuning)
+    alpha: float = positive(16.0)      # scaling: the update is alpha / rank * B @ A
+    dropout: float = in_range(0.0, 0, 1, high_open=True)  # on the adapter input; > 0 makes the first PPO ratio != 1
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names, or "all-linear" (every linear layer but the output head)
+    export_merged: bool = False        # final export: also the base model with the adapter merged (HF format)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rank)
+
+
+@dataclass
 class TrainerSection:
     """One trainer role (actor or critic) on DeepSpeed."""
     num_workers: int = positive(1)     # data-parallel ranks (one Ray actor each)
@@ -168,6 +184,7 @@ class TrainerSection:
     grad_checkpointing: bool = False
     num_cpus: float = positive(0.5)    # Ray CPUs per rank
     num_gpus: float = non_negative(0.0)  # Ray GPUs per rank
+    lora: LoRASection = field(default_factory=LoRASection)  # rank > 0: train LoRA adapters only
 
 
 @dataclass
@@ -231,6 +248,9 @@ class RewardSection:
 class SyncSection:
     transport: str = one_of("auto", "shm", "process_group")  # "auto": CUDA IPC on one physical GPU, shm with a CPU side on one node, else process_group
     bucket_mb: int = positive(256)     # flat bucket size
+    # actor.lora on: false sends only the adapter (vLLM serves it as one LoRA version per
+    # sync); true merges it into the base weights and sends full tensors (engines without LoRA)
+    lora_merge: bool = False
 
 
 @dataclass

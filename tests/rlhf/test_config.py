@@ -191,6 +191,29 @@ def test_cross_field_checks_name_the_key(override, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (["actor.lora.rank=1024"], "config key 'actor.lora.rank' is 1024; vLLM serves adapters of rank <= 512"),
+    (["actor.lora.rank=8", "model.reference=tiny:policy_init"], "config key 'model.reference'"),
+    (["actor.lora.rank=8", "sync.lora_merge=true", "rollout.num_gpus=1"], "config key 'sync.lora_merge'"),
+])
+def test_lora_cross_field_checks_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPES[0].parent / "grpo_tiny.yaml", overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_lora_rank_zero_or_null_is_off_and_merged_rank_is_unbounded():
+    for rank in ("0", "null"):
+        assert not load_config(RECIPES[0].parent / "grpo_tiny.yaml", [f"actor.lora.rank={rank}"]).actor.lora.enabled
+    cfg = load_config(RECIPES[0].parent / "grpo_tiny.yaml", ["actor.lora.rank=1024", "sync.lora_merge=true"])
+    assert cfg.actor.lora.enabled and cfg.actor.lora.target_modules == ["all-linear"]
+
+
+def test_lora_in_an_offline_stage_is_refused():
+    with pytest.raises(ConfigError, match="config key 'trainer.lora.rank' is 4"):
+        load_config(RECIPES[0].parent / "sft_tiny.yaml", ["trainer.lora.rank=4"])
+
+
 @pytest.mark.parametrize("estimator, critic, kl_in_reward", [
     ("gae", True, True), ("grpo", False, False), ("rloo", False, False),
     ("reinforce++", False, True), ("reinforce++-baseline", False, True)])
