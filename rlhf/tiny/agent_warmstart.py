@@ -36,6 +36,8 @@ class _StopAfter(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         n = len(self.stop)
+        if input_ids.shape[1] < n:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
         return (input_ids[:, -n:] == self.stop).all(dim=1)
 
 

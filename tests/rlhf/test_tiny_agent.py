@@ -27,7 +27,9 @@ def test_splits_are_disjoint_and_deterministic():
 
 
 def test_correct_transcript_calls_the_calculator_and_copies_the_result():
-    (call, True), (observation, False), (answer, True) = teacher_transcript(ROW, "correct", random.Random(0))
+    segments = teacher_transcript(ROW, "correct", random.Random(0))
+    assert [policy for _, policy in segments] == [True, False, True]
+    (call, _), (observation, _), (answer, _) = segments
     assert parse_turn(call).calls == [ToolCall("calculator", {"expression": "123*45"})]
     assert observation == format_response("5535") and answer == "5535"
     assert tiny_product(call + observation + answer, ROW["label"]) == 1.0
@@ -43,7 +45,9 @@ EXPECTED_ERRORS = {
 
 @pytest.mark.parametrize("mode", sorted(EXPECTED_ERRORS))
 def test_malformed_transcripts_get_the_loops_error_then_a_wrong_guess(mode):
-    (call, True), (observation, False), (answer, True) = teacher_transcript(ROW, mode, random.Random(0))
+    segments = teacher_transcript(ROW, mode, random.Random(0))
+    assert [policy for _, policy in segments] == [True, False, True]
+    (call, _), (observation, _), (answer, _) = segments
     parsed = parse_turn(call)
     if mode == "bad_key":  # well-formed, but the arguments do not fit the tool
         assert parsed.error is None and parsed.calls == [ToolCall("calculator", {"expr": "123*45"})]
@@ -56,7 +60,8 @@ def test_malformed_transcripts_get_the_loops_error_then_a_wrong_guess(mode):
 
 
 def test_guess_transcript_calls_nothing_and_is_plausibly_wrong():
-    [(answer, True)] = teacher_transcript(ROW, "guess", random.Random(0))
+    [(answer, policy)] = teacher_transcript(ROW, "guess", random.Random(0))
+    assert policy
     assert not parse_turn(answer).wants_tools and observe(answer) is None
     rng = random.Random(1)
     guesses = [agent_task.plausible_guess("123456", rng) for _ in range(300)]
@@ -80,7 +85,9 @@ def test_loss_mask_covers_exactly_the_policy_tokens(tiny_tokenizer):
 
     teacher = {"careful_from": 10, "careful": {m: float(m == "no_brace") for m in MODES}}
     ids, mask = transcript_example(tiny_tokenizer, ROW, random.Random(0), teacher)
-    segments = teacher_transcript(ROW, "no_brace", random.Random(0))
+    rng = random.Random(0)  # the same draws: the mode, then the transcript
+    assert agent_task.draw_mode(ROW, rng, teacher) == "no_brace"
+    segments = teacher_transcript(ROW, "no_brace", rng)
     policy_text = "".join(t for t, policy in segments if policy)
     assert len(ids) == len(mask) and ids[-1] == tiny_tokenizer.eos_token_id and mask[-1] == 1
     decoded = tiny_tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True)
