@@ -45,9 +45,9 @@ AGENT_SPEC = {
     "teacher": {"careful_from": 80,
                 "careful": {"correct": 0.7, "guess": 0.1, "bad_key": 0.1, "unquoted": 0.05, "no_brace": 0.05},
                 "sloppy": {"correct": 0.15, "guess": 0.45, "bad_key": 0.35, "unquoted": 0.025, "no_brace": 0.025}},
-    "warm_start_steps": 150,
+    "warm_start_steps": 400,
     "warm_start_batch": 32,
-    "warm_start_lr": 3e-3,
+    "warm_start_lr": 6e-3,
 }
 AGENT_ARTIFACTS = {
     "agent_policy": "models/agent_policy",     # warm-started on the teacher's transcripts
@@ -114,7 +114,7 @@ def build_all(root: Path | None = None, log=print) -> Path:
     child process with the deterministic kernel settings above."""
     root = root or cache_root()
     built = _build_atomically(root, ["rlhf.tiny.build"], "models/policy/warm_start.json", SPEC,
-                              "the tiny-model kit (about 2-4 minutes on 2 cores, once)", log)
+                              "the tiny-model kit", "2-4 minutes", log)
     if built is not None:
         log(_fingerprint_verdict(built["fingerprint"]))
     return root
@@ -125,11 +125,12 @@ def build_agent(root: Path | None = None, log=print) -> Path:
     root = root or agent_cache_root()
     base = resolve(PREFIX + "policy_init")
     _build_atomically(root, ["rlhf.tiny.agent_build", base], "models/agent_policy/info.json", AGENT_SPEC,
-                      "the tiny agent kit (about 3 minutes on 2 cores, once)", log)
+                      "the tiny agent kit", "5-10 minutes", log)
     return root
 
 
-def _build_atomically(root: Path, module_args: list[str], info_file: str, spec: dict, what: str, log) -> dict | None:
+def _build_atomically(root: Path, module_args: list[str], info_file: str, spec: dict, what: str, eta: str,
+                      log) -> dict | None:
     """Run `python -m <module> <tmp> <args>` under a lock, mark it COMPLETE and rename it to
     `root`; returns the build's info (None if another process had built it)."""
     with _lock(root.parent / f"{root.name}.lock"):
@@ -139,7 +140,7 @@ def _build_atomically(root: Path, module_args: list[str], info_file: str, spec: 
         tmp = root.parent / f"{root.name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "data").mkdir(parents=True)
-        log(f"[tiny] building {what} into {root}")
+        log(f"[tiny] building {what} into {root} (about {eta} on 2 cores, once)")
         module, *args = module_args
         subprocess.run([sys.executable, "-m", module, str(tmp), *args], check=True,
                        env={**os.environ, **DETERMINISTIC_ENV})
