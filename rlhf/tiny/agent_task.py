@@ -37,10 +37,10 @@ from rlhf.agent.format import CALL_CLOSE, RESPONSE_CLOSE, format_call, format_re
 
 TOOL = "calculator"
 MODES = ("correct", "guess", "bad_key", "unquoted", "no_brace")
-# What the loop answers to a call whose argument names do not fit the tool: the loop
-# replies format_response("error: bad arguments: " + the binding error); for
-# calculator(expression) called with {"expr": ...} Python's binding error reads so.
-BAD_ARGUMENTS = "bad arguments: missing a required argument: 'expression'"
+# What the loop answers to a call whose arguments do not fit the tool's JSON schema
+# (rlhf.agent.tools: "bad arguments: " + jsonschema's best-match message); for the
+# calculator called with {"expr": ...} it reads so.
+BAD_ARGUMENTS = "bad arguments: 'expression' is a required property"
 
 
 def product_problems() -> list[dict]:
@@ -144,7 +144,7 @@ def observe(turn: str) -> str | None:
         return None
     call = parsed.calls[0]
     if call.name != TOOL:
-        return format_response(f"error: unknown tool {call.name!r}")
+        return format_response(f"error: unknown tool {call.name!r} (tools: {TOOL})")
     if set(call.arguments) != {"expression"}:
         return format_response("error: " + BAD_ARGUMENTS)
     try:

@@ -36,7 +36,7 @@ ARTIFACTS = {
 # The agentic demo's kit (rlhf/tiny/agent_task.py), a second cache folder built on first use
 # of one of its artifacts; its policy has the tiny policy's tokenizer and architecture.
 AGENT_SPEC = {
-    "version": 1,
+    "version": 2,
     "seed": 4321,
     "task": "3-digit x 2-digit products with a calculator tool",
     "train_prompts": 20000,

@@ -37,7 +37,7 @@ def test_correct_transcript_calls_the_calculator_and_copies_the_result():
 
 # The observation text each malformed call gets: what the agent loop must reply.
 EXPECTED_ERRORS = {
-    "bad_key": "<tool_response>error: bad arguments: missing a required argument: 'expression'</tool_response>",
+    "bad_key": "<tool_response>error: bad arguments: 'expression' is a required property</tool_response>",
     "unquoted": "<tool_response>error: tool call is not valid JSON (Expecting ',' delimiter at char 54)</tool_response>",
     "no_brace": "<tool_response>error: tool call is not valid JSON (Expecting ',' delimiter at char 60)</tool_response>",
 }
@@ -128,7 +128,7 @@ def test_calculator_stand_in_refuses_what_is_not_integer_arithmetic():
         with pytest.raises(ValueError):
             agent_task.calculate(bad)
     assert observe('<tool_call>{"name": "calc", "arguments": {"expression": "1"}}</tool_call>') == \
-        "<tool_response>error: unknown tool 'calc'</tool_response>"
+        "<tool_response>error: unknown tool 'calc' (tools: calculator)</tool_response>"
 
 
 @pytest.mark.xfail(strict=True, reason="AGENT_SPEC's 400 warm-start steps learn the call format and the "
