@@ -47,7 +47,7 @@ AGENT_SPEC = {
                 "sloppy": {"correct": 0.15, "guess": 0.45, "bad_key": 0.35, "unquoted": 0.025, "no_brace": 0.025}},
     "warm_start_steps": 400,
     "warm_start_batch": 32,
-    "warm_start_lr": 6e-3,
+    "warm_start_lr": 2e-3,
 }
 AGENT_ARTIFACTS = {
     "agent_policy": "models/agent_policy",     # warm-started on the teacher's transcripts
