@@ -131,8 +131,8 @@ def test_calculator_stand_in_refuses_what_is_not_integer_arithmetic():
         "<tool_response>error: unknown tool 'calc' (tools: calculator)</tool_response>"
 
 
-@pytest.mark.xfail(strict=True, reason="AGENT_SPEC's 400 warm-start steps learn the call format and the "
-                   "careful/sloppy modes but not yet to copy operands and results (greedy 0%, pass@8 0%)")
+@pytest.mark.xfail(strict=True, reason="measured with AGENT_SPEC v2: greedy 22%, format errors 32%, tool calls "
+                   "52% in band, but pass@8 54% < 70% (the sloppy share's correct-call rate is too low)")
 def test_built_agent_warm_start_leaves_rl_room(tiny_agent):
     """What the agent demo relies on: greedy decoding mostly fails, sampling often finds the
     right call, and a good share of samples make a tool-call error for RL to remove."""
