@@ -253,3 +253,25 @@ def tiny_arithmetic(response: str, label) -> float:
         return 0.0
     same = sum(a == b for a, b in zip(reversed(r), reversed(gold)))
     return 0.5 * same / max(len(gold), len(r))
+
+
+# ------------------------------------------------------------- tiny agentic task
+
+
+@register_reward("tiny_product")
+def tiny_product(response: str, label) -> float:
+    """Verifier of the tiny agentic task ("123*45=" -> "5535", rlhf/tiny/agent_task.py):
+    1.0 if the final answer, the text after the last </tool_response> (or the whole
+    response if no tool answered), stripped, equals the label; else 0.0.
+
+    >>> call = '<tool_call>{"name": "calculator", "arguments": {"expression": "123*45"}}</tool_call>'
+    >>> tiny_product(call + "<tool_response>5535</tool_response>5535", "5535")
+    1.0
+    >>> tiny_product(call + "<tool_response>5535</tool_response>5536", "5535")
+    0.0
+    >>> tiny_product(" 5535\\n", "5535"), tiny_product("5535 is it", "5535"), tiny_product(call, "5535")
+    (1.0, 0.0, 0.0)
+    >>> tiny_product("<tool_response>error: x</tool_response>55<tool_response>5535</tool_response> 5535", 5535)
+    1.0
+    """
+    return 1.0 if response.rsplit("</tool_response>", 1)[-1].strip() == str(label).strip() else 0.0

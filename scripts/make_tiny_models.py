@@ -2,8 +2,10 @@
 
 Makes a character-level tokenizer (trained with `tokenizers`), a ~1M-parameter
 Llama policy warm-started briefly on integer addition, a random-init copy, a
-sequence-scorer backbone, and the task's train/eval/SFT data, all in the cache
-folder printed at the end. Deterministic for a given spec; nothing is downloaded.
+sequence-scorer backbone, and the task's train/eval/SFT data; then the agent kit
+(a policy warm-started on calculator-calling transcripts of 3-digit x 2-digit
+products, with its data), all in the cache folders printed at the end.
+Deterministic for a given spec; nothing is downloaded.
 
     python scripts/make_tiny_models.py [--force]
 """
@@ -11,7 +13,7 @@ import argparse
 import shutil
 
 from rlhf.tiny import build_all
-from rlhf.tiny.kit import cache_root
+from rlhf.tiny.kit import agent_cache_root, build_agent, cache_root
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,4 +21,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.force:
         shutil.rmtree(cache_root(), ignore_errors=True)
+        shutil.rmtree(agent_cache_root(), ignore_errors=True)
     print(build_all())
+    print(build_agent())

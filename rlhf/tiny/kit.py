@@ -33,6 +33,28 @@ ARTIFACTS = {
     "arith_eval": "data/arith_eval.jsonl",
     "arith_sft": "data/arith_sft.jsonl",  # prompt/response pairs (right answers) for `rlhf sft`
 }
+# The agentic demo's kit (rlhf/tiny/agent_task.py), a second cache folder built on first use
+# of one of its artifacts; its policy has the tiny policy's tokenizer and architecture.
+AGENT_SPEC = {
+    "version": 2,
+    "seed": 4321,
+    "task": "3-digit x 2-digit products with a calculator tool",
+    "train_prompts": 20000,
+    "eval_prompts": 1024,
+    # The noisy teacher: per transcript mode, careful on multipliers >= careful_from, else sloppy.
+    "teacher": {"careful_from": 80,
+                "careful": {"correct": 0.7, "guess": 0.1, "bad_key": 0.1, "unquoted": 0.05, "no_brace": 0.05},
+                "sloppy": {"correct": 0.15, "guess": 0.45, "bad_key": 0.35, "unquoted": 0.025, "no_brace": 0.025}},
+    "warm_start_steps": 400,
+    "warm_start_batch": 32,
+    "warm_start_lr": 2e-3,
+}
+AGENT_ARTIFACTS = {
+    "agent_policy": "models/agent_policy",     # warm-started on the teacher's transcripts
+    "agent_train": "data/agent_train.jsonl",   # prompt/label rows
+    "agent_eval": "data/agent_eval.jsonl",
+    "agent_sft": "data/agent_sft.jsonl",       # teacher transcripts: prompt/response (+ policy-token segments)
+}
 # The same kernels on every x86 CPU: ATen's AVX2 code paths and MKL's AVX2 branch (its
 # "conditional numerical reproducibility" mode), one thread. Without these, AVX-512
 # machines round differently and train a different warm start from the same seed.
@@ -43,9 +65,18 @@ REFERENCE_FINGERPRINT = "eae7c3b9316eba9d0c5842a9caf2bff48f91e42718abea85aae9350
 
 
 def cache_root() -> Path:
+    return _cache_folder("tiny", SPEC)
+
+
+def agent_cache_root() -> Path:
+    # The agent kit reuses the tiny kit's tokenizer and architecture: its hash covers both specs.
+    return _cache_folder("tiny-agent", {"agent": AGENT_SPEC, "base": SPEC})
+
+
+def _cache_folder(prefix: str, spec: dict) -> Path:
     base = Path(os.environ.get("RLHF_CACHE_DIR", Path.home() / ".cache" / "rlhf"))
-    digest = hashlib.sha256(json.dumps(SPEC, sort_keys=True).encode()).hexdigest()[:12]
-    return base / f"tiny-{digest}"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return base / f"{prefix}-{digest}"
 
 
 def is_tiny(ref: str | None) -> bool:
@@ -57,8 +88,13 @@ def resolve(ref: str) -> str:
     if not is_tiny(ref):
         return ref
     name = ref[len(PREFIX):]
+    if name in AGENT_ARTIFACTS:
+        root = agent_cache_root()
+        if not (root / "COMPLETE").exists():
+            build_agent(root)
+        return str(root / AGENT_ARTIFACTS[name])
     if name not in ARTIFACTS:
-        raise KeyError(f"unknown tiny artifact {ref!r}; available: {sorted(ARTIFACTS)}")
+        raise KeyError(f"unknown tiny artifact {ref!r}; available: {sorted({**ARTIFACTS, **AGENT_ARTIFACTS})}")
     root = cache_root()
     if not (root / "COMPLETE").exists():
         build_all(root)
@@ -77,24 +113,44 @@ def build_all(root: Path | None = None, log=print) -> Path:
     """Build every artifact into `root` atomically (a temp folder renamed at the end), in a
     child process with the deterministic kernel settings above."""
     root = root or cache_root()
+    built = _build_atomically(root, ["rlhf.tiny.build"], "models/policy/warm_start.json", SPEC,
+                              "the tiny-model kit", "2-4 minutes", log)
+    if built is not None:
+        log(_fingerprint_verdict(built["fingerprint"]))
+    return root
+
+
+def build_agent(root: Path | None = None, log=print) -> Path:
+    """Build the agent kit like `build_all` (the tiny kit first: its tokenizer and config)."""
+    root = root or agent_cache_root()
+    base = resolve(PREFIX + "policy_init")
+    _build_atomically(root, ["rlhf.tiny.agent_build", base], "models/agent_policy/info.json", AGENT_SPEC,
+                      "the tiny agent kit", "5-10 minutes", log)
+    return root
+
+
+def _build_atomically(root: Path, module_args: list[str], info_file: str, spec: dict, what: str, eta: str,
+                      log) -> dict | None:
+    """Run `python -m <module> <tmp> <args>` under a lock, mark it COMPLETE and rename it to
+    `root`; returns the build's info (None if another process had built it)."""
     with _lock(root.parent / f"{root.name}.lock"):
         if (root / "COMPLETE").exists():
-            return root
+            return None
         started = time.time()
         tmp = root.parent / f"{root.name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "data").mkdir(parents=True)
-        log(f"[tiny] building the tiny-model kit into {root} (about 2-4 minutes on 2 cores, once)")
-        subprocess.run([sys.executable, "-m", "rlhf.tiny.build", str(tmp)], check=True,
+        log(f"[tiny] building {what} into {root} (about {eta} on 2 cores, once)")
+        module, *args = module_args
+        subprocess.run([sys.executable, "-m", module, str(tmp), *args], check=True,
                        env={**os.environ, **DETERMINISTIC_ENV})
-        info = json.loads((tmp / "models" / "policy" / "warm_start.json").read_text())
-        (tmp / "COMPLETE").write_text(json.dumps({"spec": SPEC, "seconds": round(time.time() - started, 1),
+        info = json.loads((tmp / info_file).read_text())
+        (tmp / "COMPLETE").write_text(json.dumps({"spec": spec, "seconds": round(time.time() - started, 1),
                                                   "fingerprint": info["fingerprint"]}))
         shutil.rmtree(root, ignore_errors=True)
         tmp.rename(root)
         log(f"[tiny] built in {time.time() - started:.0f}s -> {root}")
-        log(_fingerprint_verdict(info["fingerprint"]))
-    return root
+    return info
 
 
 def _fingerprint_verdict(fingerprint: str) -> str:

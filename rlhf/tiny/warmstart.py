@@ -21,38 +21,57 @@ def teacher_answer(row: dict, rng: random.Random, p_correct: float) -> str:
     return row["label"] if rng.random() < p_correct else forgot_carry(row["prompt"])
 
 
-def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], int]:
-    """(prompt + answer + EOS token ids, prompt length)."""
-    ids = tokenizer.encode(prompt, add_special_tokens=False)
-    return ids + tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id], len(ids)
+def encode_segments(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """(token ids of the segments + EOS, per-token loss mask): 1 on the tokens of segments
+    marked True (the policy's) and on the EOS, 0 elsewhere (prompt, observations)."""
+    ids, mask = [], []
+    for text, trained in segments:
+        piece = tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        mask += [int(trained)] * len(piece)
+    return ids + [tokenizer.eos_token_id], mask + [1]
+
+
+def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """prompt + answer + EOS, the loss on the answer and EOS."""
+    return encode_segments(tokenizer, [(prompt, False), (answer, True)])
 
 
 def collate(examples, pad_id: int):
-    """Right-padded ids and labels with the loss on answer tokens only."""
+    """Right-padded ids and labels, the labels -100 where the mask is 0 and on padding."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id)
     labels = torch.full((len(examples), width), -100)
-    for i, (seq, prompt_len) in enumerate(examples):
+    for i, (seq, mask) in enumerate(examples):
         ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, prompt_len: len(seq)] = torch.tensor(seq[prompt_len:])
+        labels[i, : len(seq)] = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(seq), -100)
     return ids, labels, (ids != pad_id).long()
 
 
 def supervised_warm_start(model, tokenizer, rows: list[dict], *, steps: int, p_correct: float,
                           batch_size: int = 64, lr: float = 2e-3, warmup: int = 20, seed: int = 0,
                           progress: bool = True) -> list[float]:
-    """Train `model` in place for `steps` AdamW steps on teacher answers; returns the losses.
-    Learning rate: linear warm-up, then cosine decay to 10% (a stable end point)."""
+    """Train `model` in place for `steps` AdamW steps on teacher answers; returns the losses."""
+    def draw(rng):
+        return [encode(tokenizer, r["prompt"], teacher_answer(r, rng, p_correct)) for r in rng.sample(rows, batch_size)]
+
+    return train_masked(model, draw, tokenizer.pad_token_id, steps=steps, lr=lr, warmup=warmup, seed=seed,
+                        progress=progress)
+
+
+def train_masked(model, draw_batch, pad_id: int, *, steps: int, lr: float, warmup: int = 20, seed: int = 0,
+                 progress: bool = True, desc: str = "[tiny] warm start") -> list[float]:
+    """`steps` AdamW steps on batches `draw_batch(rng)` of (ids, loss mask) examples; returns
+    the losses. Learning rate: linear warm-up, then cosine decay to 10% (a stable end point)."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     shape = lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, shape)
     model.train()
     losses = []
-    bar = tqdm(range(steps), desc="[tiny] warm start", unit="step", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, mininterval=2.0)
     for _ in bar:
-        batch = [encode(tokenizer, r["prompt"], teacher_answer(r, rng, p_correct)) for r in rng.sample(rows, batch_size)]
-        ids, labels, mask = collate(batch, tokenizer.pad_token_id)
+        ids, labels, mask = collate(draw_batch(rng), pad_id)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
