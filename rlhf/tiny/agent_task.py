@@ -27,13 +27,11 @@ The reward (`rewards.builtins.tiny_product`) then has something to select.
 """
 from __future__ import annotations
 
-import ast
 import json
-import operator
 import random
 from pathlib import Path
 
-from rlhf.agent.format import CALL_CLOSE, RESPONSE_CLOSE, format_call, format_response, parse_turn
+from rlhf.agent.format import CALL_CLOSE, RESPONSE_CLOSE, format_call
 
 TOOL = "calculator"
 MODES = ("correct", "guess", "bad_key", "unquoted", "no_brace")
@@ -108,49 +106,32 @@ def draw_mode(row: dict, rng: random.Random, teacher: dict) -> str:
 # ------------------------------------------------------------------ the environment
 
 
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
-        ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
-
-
 def calculate(expression: str) -> str:
-    """Integer arithmetic (+ - * // % and parentheses) by walking the AST, no eval.
-    The build's stand-in for rlhf.agent.tools' calculator: the teacher's correct
-    calls only need products of integers.
+    """The built-in calculator's answer (rlhf.agent.tools); ValueError with its message.
 
     >>> calculate("123*45"), calculate("-(2+3)*4")
     ('5535', '-20')
     """
-    def walk(node):
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](walk(node.operand))
-        raise ValueError("unsupported expression")
-
-    if len(expression) > 64:
-        raise ValueError("expression too long")
-    return str(walk(ast.parse(expression, mode="eval").body))
+    result = _calculator().call({"expression": expression}, timeout_s=5.0, max_output_chars=200)
+    if result.error is not None:
+        raise ValueError(result.error)
+    return result.text
 
 
 def observe(turn: str) -> str | None:
-    """What the agent loop appends after a policy turn: None if the turn asked for no
-    tool (the trajectory ends), else the tool's result or the error, as observation text."""
-    parsed = parse_turn(turn)
-    if parsed.error is not None:
-        return format_response("error: " + parsed.error)
-    if not parsed.calls:
-        return None
-    call = parsed.calls[0]
-    if call.name != TOOL:
-        return format_response(f"error: unknown tool {call.name!r} (tools: {TOOL})")
-    if set(call.arguments) != {"expression"}:
-        return format_response("error: " + BAD_ARGUMENTS)
-    try:
-        return format_response(calculate(str(call.arguments["expression"])))
-    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError) as exc:
-        return format_response(f"error: {exc}")
+    """What the agent loop appends after a policy turn, from the loop's own tool
+    environment: None if the turn asked for no tool (the trajectory ends), else the tool's
+    result or the error, as observation text."""
+    from rlhf.agent.env import ToolEnvironment
+
+    step = ToolEnvironment([_calculator()], timeout_s=5.0).step(turn)
+    return None if step.done else step.observation
+
+
+def _calculator():
+    from rlhf.agent.tools import BUILTIN_TOOLS
+
+    return BUILTIN_TOOLS[TOOL]
 
 
 def observation_result(observation: str) -> str:
