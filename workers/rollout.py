@@ -64,6 +64,8 @@ def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device
     )
     if device.is_gpu:
         kwargs["enable_prefix_caching"] = True  # the n samples of a prompt share its KV blocks
+    else:
+        kwargs.update(whole_prefills(model_path))
     if lora_rank:
         from rlhf.lora import vllm_max_lora_rank
 
@@ -74,6 +76,20 @@ def engine_kwargs(model_path: str, cfg: RolloutSection | dict, seed: int, device
             raise ValueError(f"vLLM weight transfer {weight_transfer!r} needs a GPU engine")
         kwargs["weight_transfer_config"] = {"backend": weight_transfer}
     return kwargs
+
+
+def whole_prefills(model_path: str) -> dict:
+    """CPU: no chunked prefill. vLLM 0.32's CPU model runner fails a seeded request whose
+    prompt is split over two steps ("CPU Generator does not use offset": it rewinds the
+    request's torch generator, which CPU generators cannot do); multi-turn contexts of
+    many trajectories at once exceed one step's token budget. Every prompt is then
+    prefilled in one step, so the budget must hold the longest one."""
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    max_len = int(config.get("max_position_embeddings") or 8192)
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_len, 8192)}
 
 
 class RolloutWorker:
