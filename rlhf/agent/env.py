@@ -80,6 +80,8 @@ def call_maybe_async(fn: Callable, *args):
 class ToolEnvironment:
     """The policy calls tools (rlhf.agent.format); each call's result comes back as a
     <tool_response>; a turn without a call is the final answer and ends the trajectory.
+    Format errors: a call that cannot be parsed, names an unknown tool or does not fit the
+    tool's JSON schema (the tool never runs); tool errors: the tool ran and failed.
     A malformed call, an unknown tool or a failing tool is answered with
     "<tool_response>error: ...</tool_response>" so the policy can recover; the run goes on."""
 
@@ -103,13 +105,14 @@ class ToolEnvironment:
         for call in turn.calls:
             out.tool_calls += 1
             tool = self._by_name.get(call.name)
-            if tool is None:
-                out.tool_errors += 1
+            if tool is None:  # a format error: the call names no tool the policy was given
+                out.format_errors += 1
                 results.append(f"error: unknown tool {call.name!r} (tools: {', '.join(self._by_name)})")
                 continue
             result = tool.call(call.arguments, timeout_s=self.timeout_s, max_output_chars=self.max_output_chars)
             out.tool_seconds.append(result.seconds)
-            out.tool_errors += result.error is not None
+            out.format_errors += result.bad_arguments
+            out.tool_errors += result.error is not None and not result.bad_arguments
             out.tool_timeouts += result.timed_out
             results.append(result.text)  # on an error: "error: ..." (or the tool's own account)
         out.observation = "".join(format_response(r) for r in results)

@@ -52,6 +52,7 @@ class ToolResult:
     error: str | None    # one line: what went wrong (None: fine)
     seconds: float
     timed_out: bool = False
+    bad_arguments: bool = False  # the call did not fit the tool's schema (a format error: the tool never ran)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class Tool:
         start = time.monotonic()
         bad = self._argument_error(arguments)
         if bad:
-            return ToolResult(f"error: {bad}", bad, time.monotonic() - start)
+            return ToolResult(f"error: {bad}", bad, time.monotonic() - start, bad_arguments=True)
         outcome = _run_with_timeout(self.fn, arguments, CallLimits(timeout_s, max_output_chars))
         seconds = time.monotonic() - start
         if outcome is None:

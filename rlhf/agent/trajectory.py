@@ -113,7 +113,7 @@ def trajectory_metrics(results: list[dict]) -> dict[str, float]:
         "agent/tool_calls_mean": mean("tool_calls"),
         "agent/tool_errors": float(sum(r["tool_errors"] for r in results)),
         "agent/tool_timeouts": float(sum(r["tool_timeouts"] for r in results)),
-        "agent/format_error_rate": frac(lambda r: r["format_errors"] > 0),
+        "agent/format_error_rate": frac(lambda r: r["format_errors"] > 0),  # trajectories with a malformed call
         "agent/observation_tokens_mean": mean("observation_tokens"),
         "agent/truncated_frac": frac(lambda r: r["finish_reason"] in (TRUNCATED, MAX_TURNS)),
         "agent/env_errors": float(sum(1 for r in results if r["finish_reason"] == ERROR)),

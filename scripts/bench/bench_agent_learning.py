@@ -2,10 +2,10 @@
 tool on 3-digit x 2-digit products), held-out greedy exact answers and the tool-call
 format error rate before and after RL, per seed and as mean +- spread.
 
-    .venv/bin/python scripts/bench/bench_agent_learning.py [--seeds 1 2 3] [--steps 30]
+    .venv/bin/python scripts/bench/bench_agent_learning.py [--seeds 1 2 3] [--steps 20]
     .venv/bin/python scripts/bench/bench_agent_learning.py --summarise RUN_DIR [RUN_DIR ...]
 
-~7 minutes per seed on 2 cores (AMD EPYC, AVX2).
+~5 minutes per seed on 2 cores (AMD EPYC, AVX2).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def run_seed(seed: int, steps: int, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--summarise", type=Path, nargs="+", help="summarise finished runs instead of running")
     args = ap.parse_args()
     if args.summarise:

@@ -80,14 +80,14 @@ def test_a_turn_without_a_call_ends_the_trajectory():
 
 @pytest.mark.parametrize("action, words, counter", [
     ('<tool_call>{"name": "calculator", "arguments": {"expression": "1+"}', "error: tool call not closed", "format_errors"),
-    ('<tool_call>{"name": "calculator", "arguments": {"expr": "1+1"}}</tool_call>', "error: bad arguments", "tool_errors"),
-    ('<tool_call>{"name": "search", "arguments": {}}</tool_call>', "error: unknown tool 'search'", "tool_errors"),
+    ('<tool_call>{"name": "calculator", "arguments": {"expr": "1+1"}}</tool_call>', "error: bad arguments", "format_errors"),
+    ('<tool_call>{"name": "search", "arguments": {}}</tool_call>', "error: unknown tool 'search'", "format_errors"),
     ('<tool_call>{"name": "calculator", "arguments": {"expression": "1/0"}}</tool_call>', "error: ", "tool_errors"),
 ])
 def test_call_errors_go_back_to_the_policy(action, words, counter):
     step = tool_env("calculator").step(action)
     assert not step.done and step.observation.startswith("<tool_response>" + words), step.observation
-    assert getattr(step, counter) == 1
+    assert getattr(step, counter) == 1 and step.format_errors + step.tool_errors == 1
 
 
 def test_python_tool_runs_in_the_sandbox_and_times_out():
