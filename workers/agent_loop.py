@@ -63,27 +63,28 @@ class AgentLoop:
         env_calls: dict[cf.Future, tuple[int, float]] = {}  # future -> (trajectory, started)
         envs: dict[int, object] = {}
         limit = self.concurrency or len(trajs)
-        with cf.ThreadPoolExecutor(max_workers=min(limit, 64), thread_name_prefix="env") as pool:
-            try:
-                while waiting or generating or env_calls:
-                    while waiting and len(generating) + len(env_calls) < limit:
-                        i = waiting.pop()
-                        envs[i] = self._start(i, trajs[i], pool, env_calls)
-                    if generating:
-                        for out in self.engine.step():
-                            if out.finished:
-                                i = generating.pop(out.request_id)
-                                self._turn_done(i, trajs[i], out.outputs[0], envs[i], pool, env_calls)
-                    else:
-                        cf.wait(list(env_calls), timeout=0.05, return_when=cf.FIRST_COMPLETED)
-                    self._collect_env_calls(trajs, env_calls, generating, sampling, seeds)
-            finally:
-                self._abort(generating)
-                for future in env_calls:
-                    future.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
-                for env in envs.values():
-                    _close(env)
+        # not a `with` block: its exit would wait for a call that never returns
+        pool = cf.ThreadPoolExecutor(max_workers=min(limit, 64), thread_name_prefix="env")
+        try:
+            while waiting or generating or env_calls:
+                while waiting and len(generating) + len(env_calls) < limit:
+                    i = waiting.pop()
+                    envs[i] = self._start(i, trajs[i], pool, env_calls)
+                if generating:
+                    for out in self.engine.step():
+                        if out.finished:
+                            i = generating.pop(out.request_id)
+                            self._turn_done(i, trajs[i], out.outputs[0], envs[i], pool, env_calls)
+                else:
+                    cf.wait(list(env_calls), timeout=0.05, return_when=cf.FIRST_COMPLETED)
+                self._collect_env_calls(trajs, env_calls, generating, sampling, seeds)
+        finally:
+            self._abort(generating)
+            for future in env_calls:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for env in envs.values():
+                _close(env)
         return [t.result() for t in trajs]
 
     def _start(self, i: int, traj: Trajectory, pool, env_calls) -> object:
