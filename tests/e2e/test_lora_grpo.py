@@ -69,3 +69,19 @@ def test_bad_lora_target_fails_at_start_with_the_key(tmp_path):
     assert "config key 'actor.lora.target_modules': the model has no module ['qkv']; it has [" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # refused before the run directory
+
+
+def test_lora_with_one_step_and_a_multi_turn_environment(ray_session, tiny, tmp_path):
+    """The modes compose: adapter versions per weight version serve one_step's batch in
+    flight, and the multi-turn loop samples with the current adapter."""
+    from tests.e2e.test_agent import readme_environment
+
+    env = readme_environment(tmp_path)
+    run_dir = run(tmp_path, "grpo_tiny.yaml", *LORA, "run.export_hf=false", "rollout.mode=one_step",
+                  "algorithm.tis_cap=2.0", f"rollout.agent.environment={env}:Retry", "rollout.agent.max_turns=2",
+                  "rollout.agent.max_total_tokens=32", "rollout.agent.stop=[]", "reward.functions=[]")
+    steps = _steps(run_dir)
+    assert [r["async/staleness_mean"] for r in steps] == [0.0, 1.0, 1.0]
+    assert [r["rollout/weight_version"] for r in steps] == [0.0, 0.0, 1.0]
+    assert all(r["sync/bytes"] == ADAPTER_BYTES for r in steps)
+    assert all(1.0 <= r["agent/turns_mean"] <= 2.0 and 0 < r["actor/is_weight_mean"] <= 2.0 for r in steps)
