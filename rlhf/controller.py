@@ -31,7 +31,7 @@ from rlhf.generation import Generated, collect, generate, launch, reward_columns
 from rlhf.group_filter import GroupFilter, SampledRound
 from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
-from rlhf.trajectory_buffer import TrajectoryBuffer, staleness_metrics
+from rlhf.overlap import RolloutOverlap
 
 
 class PPOTrainer:
@@ -45,7 +45,10 @@ class PPOTrainer:
         self.logger = None
         self.memory = MemoryWatch()
         self.bad_steps = 0         # steps skipped for NaN/Inf (run.max_bad_steps)
-        self.buffer = TrajectoryBuffer()  # rollout.mode one_step: the next step's batch
+        # rollout.mode one_step / async: batches generated ahead while the trainer trains
+        self.overlap = RolloutOverlap(cfg.rollout.mode, cfg.rollout.max_staleness, cfg.run.total_steps,
+                                      launch=self._launch_ahead, collect=self._collect_ahead,
+                                      generate=lambda step: self._sample_round(0))
 
     rollout = property(lambda self: self.roles.rollout)
     actor = property(lambda self: self.roles.actor)
@@ -177,7 +180,7 @@ class PPOTrainer:
         metrics["timing/step"] = time.perf_counter() - step_start
         metrics.update(self.timer.pop())
         metrics["perf/tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/step"]
-        if "timing/generate" in metrics:  # one_step: generation ran during the last step
+        if "timing/generate" in metrics:  # one_step / async: generation ran during earlier steps
             metrics["perf/generate_tokens_per_s"] = float(batch.response_mask.sum()) / metrics["timing/generate"]
         metrics.update(self.memory.sample())
         if cfg.run.log_samples_every and self.step_index % cfg.run.log_samples_every == 0:
@@ -187,10 +190,10 @@ class PPOTrainer:
     def _sample_and_score(self) -> SampledRound:
         """One round of train.prompts_per_step prompts, or with algorithm.filter_groups as many
         as it takes (at most max_gen_batches) to fill the step with informative groups;
-        rollout.mode one_step: the batch generated while the last step trained."""
+        rollout.mode one_step / async: the batch generated ahead (rlhf/overlap.py)."""
         cfg, algo = self.cfg, self.cfg.algorithm
-        if cfg.rollout.mode == "one_step":
-            return self._one_step_ahead()
+        if self.overlap.enabled:
+            return self.overlap.batch_for(self.step_index, self.weight_version)
         if not algo.filter_groups:
             return self._sample_round(0)
         keep = GroupFilter(cfg.train.prompts_per_step, cfg.rollout.n, algo.max_gen_batches,
@@ -204,23 +207,13 @@ class PPOTrainer:
                 f"of the batch are zero-advantage groups")
         return sampled
 
-    def _one_step_ahead(self) -> SampledRound:
-        """The overlap of rollout.mode one_step (rlhf/trajectory_buffer.py): this step trains
-        on the batch generated during the last one (the first step, or a resume without one,
-        generates its own); the next step's batch starts generating now, on the current
-        weights, and runs on the engines while this step trains. The sync waits for it."""
+    def _launch_ahead(self, step: int):
+        """Start step `step`'s batch on the engines with the current weights (rlhf/overlap.py)."""
         cfg = self.cfg
-        self.buffer.finish(self._collect_ahead)  # still in flight if the last step did not sync
-        sampled = self.buffer.take() or self._sample_round(0)
-        sampled.metrics.update(staleness_metrics(sampled.batch.weight_version, self.weight_version,
-                                                 cfg.rollout.max_staleness))
-        if self.step_index + 1 < cfg.run.total_steps:
-            rows = self.train_set.rows(self.sampler.next_indices())
-            self.roles.share_cores(self.rollout)
-            seed_key = ("train", self.step_index + 1)  # the seeds the sync mode would use
-            self.buffer.launch((rows, launch(cfg, self.rollout, rows, cfg.rollout.n, cfg.rollout.temperature,
-                                             seed_key)))
-        return sampled
+        rows = self.train_set.rows(self.sampler.next_indices())
+        self.roles.share_cores(self.rollout)
+        seed_key = ("train", step)  # the seeds the sync mode would use
+        return rows, launch(cfg, self.rollout, rows, cfg.rollout.n, cfg.rollout.temperature, seed_key)
 
     def _collect_ahead(self, launched) -> SampledRound:
         rows, launched = launched
@@ -271,8 +264,8 @@ class PPOTrainer:
                 actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
         # step 7. weight sync: trainer shards -> full tensors -> buckets -> vLLM (one_step: once
-        # the engines are done with the next step's batch)
-        self.buffer.finish(self._collect_ahead)
+        # the engines are done with the next step's batch; async: without waiting for it)
+        self.overlap.before_sync()
         self._rollout_memory("wake_up", tags=["weights"])  # sync into the weights before the KV cache returns
         with t("sync"):
             sync_metrics = self._sync_weights()
@@ -388,7 +381,7 @@ class PPOTrainer:
         A sleep reports `rollout/sleep_freed_gib`: the least GPU memory an engine freed."""
         from rlhf.roles import rollout_sleeps
 
-        if not rollout_sleeps(self.cfg) or self.cfg.rollout.mode == "one_step":  # one_step: engines are busy
+        if not rollout_sleeps(self.cfg) or self.overlap.enabled:  # one_step / async: engines are busy
             return {}
         results = self.rollout.run_all(verb, **kwargs)
         if verb == "sleep" and all(r["slept"] for r in results):
@@ -480,8 +473,8 @@ class PPOTrainer:
         self.actor.gather(refs)
         if critic_refs:
             self.critic.gather(critic_refs)
-        self.buffer.finish(self._collect_ahead)
-        self.buffer.save(staging)  # one_step: the next step's batch
+        self.overlap.drain()
+        self.overlap.save(staging)  # one_step / async: the batches of the next steps, with their versions
         state = {"step": self.step_index, "weight_version": self.weight_version, "bad_steps": self.bad_steps,
                  "kl_controller": self.kl_ctrl.state_dict(), "sampler": self.sampler.state_dict(),
                  **ckpt.rng_state()}
@@ -496,7 +489,7 @@ class PPOTrainer:
             self.critic.gather(self.critic.call_all("load", str(path / "critic")))
         self.actor.gather(refs)
         self.kl_ctrl.load_state_dict(state["kl_controller"])
-        self.buffer.load(path)
+        self.overlap.load(path, state["step"])
         self.sampler.load_state_dict(state["sampler"])
         ckpt.restore_rng(state)
         self.weight_version = state["weight_version"] - 1

@@ -1,26 +1,16 @@
-"""The buffer between rollout and trainer in `rollout.mode: one_step`.
+"""The buffer between rollout and trainer: batches of upcoming steps, oldest first.
 
-One-step off-policy (as in verl's one-step off-policy trainer and AReaL's bounded
-staleness): step k+1's prompts start generating on the engines, with the weights of step
-k's start, while step k trains; the trainer takes that batch at step k+1, one weight
-version old. Its samples record the version that produced them (`Batch.weight_version`);
-the actor corrects with truncated importance weights between the trainer's proximal
-log-probs and the rollout's behaviour log-probs (decoupled PPO, Hilton et al. 2022,
-arXiv:2110.00641; truncated IS, Yao et al. 2025 "Your efficient RL framework secretly
-brings you off-policy RL training"): `algorithm.tis_cap`.
-
-    launch(next step)  ─┐  generation + tools run on the engines ...
-    train this step     │  ... while the trainer updates
-    finish()           ─┘  collect and score before the weight sync (the engine is free)
-    take()                 next step's batch
-
-A finished batch is part of the checkpoint (`save`/`load`): a resumed run trains on the
-very samples the interrupted one would have.
+Each slot holds the batch of one future step, either in flight on the engines (the
+launch handle) or ready (collected and scored, a `SampledRound`). Every sample records
+the weight version that produced it (`Batch.weight_version`); `rlhf.overlap` decides
+when slots are launched and collected. Ready batches are part of the checkpoint
+(`save`/`load`): a resumed run trains on the very samples the interrupted one would have.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,57 +21,86 @@ from rlhf.data import PromptSet
 from rlhf.group_filter import SampledRound
 
 
+@dataclass
+class _Slot:
+    step: int                           # the step that trains on this batch
+    launched: object = None             # the generation under way (what collect needs)
+    ready: SampledRound | None = None
+
+
 class TrajectoryBuffer:
     def __init__(self):
-        self._launched = None                 # a generation under way, with what finish() needs
-        self._ready: SampledRound | None = None
+        self._slots: list[_Slot] = []
+
+    def __len__(self) -> int:
+        return len(self._slots)
 
     @property
-    def in_flight(self) -> bool:
-        return self._launched is not None
+    def in_flight(self) -> int:
+        return sum(s.launched is not None for s in self._slots)
 
-    def launch(self, launched) -> None:
-        if self._launched is not None or self._ready is not None:
-            raise RuntimeError("one batch ahead at most: take() the ready one before launching the next")
-        self._launched = launched
+    @property
+    def next_step(self) -> int | None:
+        """The step after the newest slot's (None when empty)."""
+        return self._slots[-1].step + 1 if self._slots else None
+
+    def launch(self, step: int, launched) -> None:
+        if self._slots and step != self._slots[-1].step + 1:
+            raise RuntimeError(f"batches launch in step order: step {step} after {self._slots[-1].step}")
+        self._slots.append(_Slot(step, launched=launched))
 
     def finish(self, collect_and_score: Callable[[object], SampledRound]) -> None:
-        """Wait for the generation in flight (if any) and score it."""
-        if self._launched is not None:
-            launched, self._launched = self._launched, None
-            self._ready = collect_and_score(launched)
+        """Wait for every generation in flight, oldest first, and score it."""
+        for slot in self._slots:
+            if slot.launched is not None:
+                launched, slot.launched = slot.launched, None
+                slot.ready = collect_and_score(launched)
 
-    def take(self) -> SampledRound | None:
-        ready, self._ready = self._ready, None
-        return ready
+    def take(self, step: int, collect_and_score: Callable[[object], SampledRound]) -> SampledRound | None:
+        """Step `step`'s batch (collected now if still in flight); None when not held."""
+        if not self._slots or self._slots[0].step != step:
+            if any(s.step == step for s in self._slots):
+                raise RuntimeError(f"step {step}'s batch is not the oldest in the buffer")
+            return None
+        slot = self._slots.pop(0)
+        return slot.ready if slot.launched is None else collect_and_score(slot.launched)
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, folder: Path) -> None:
-        """The ready batch, if any, as `buffer.pt` (tensors only, loaded with
-        weights_only) and `buffer.json` (rows, texts, metrics): no pickles."""
-        if self._launched is not None:
-            raise RuntimeError("finish() the generation in flight before saving the buffer")
-        if self._ready is None:
+        """The ready batches, if any, as `buffer.pt` (tensors only, loaded with
+        weights_only) and `buffer.json` (steps, rows, texts, metrics): no pickles."""
+        if self.in_flight:
+            raise RuntimeError("finish() the generations in flight before saving the buffer")
+        if not self._slots:
             return
-        r = self._ready
-        torch.save({f.name: getattr(r.batch, f.name) for f in dataclasses.fields(r.batch)}, folder / "buffer.pt")
-        rows = {"prompt_ids": r.rows.prompt_ids, "prompts": r.rows.prompts, "labels": r.rows.labels,
-                "columns": r.rows.columns, "source": r.rows.source}
-        (folder / "buffer.json").write_text(json.dumps({"rows": rows, "texts": r.texts, "finish": r.finish,
-                                                        "metrics": r.metrics}))
+        tensors, meta = {}, []
+        for k, slot in enumerate(self._slots):
+            r = slot.ready
+            tensors[str(k)] = {f.name: getattr(r.batch, f.name) for f in dataclasses.fields(r.batch)}
+            rows = {"prompt_ids": r.rows.prompt_ids, "prompts": r.rows.prompts, "labels": r.rows.labels,
+                    "columns": r.rows.columns, "source": r.rows.source}
+            meta.append({"step": slot.step, "rows": rows, "texts": r.texts, "finish": r.finish, "metrics": r.metrics})
+        torch.save(tensors, folder / "buffer.pt")
+        (folder / "buffer.json").write_text(json.dumps({"batches": meta}))
 
-    def load(self, folder: Path) -> None:
-        self._launched = self._ready = None
+    def load(self, folder: Path, step: int) -> None:
+        """`step`: the checkpoint's step (the oldest batch of a one-batch buffer is its)."""
+        self._slots = []
         if not (folder / "buffer.json").exists():
             return
         state = json.loads((folder / "buffer.json").read_text())
         tensors = torch.load(folder / "buffer.pt", weights_only=True)
-        rows = PromptSet(dropped_too_long=0, **state["rows"])
-        self._ready = SampledRound(rows, Batch(**tensors), state["texts"], state["finish"], state["metrics"])
+        if "batches" not in state:  # a checkpoint of the one-batch buffer
+            state, tensors = {"batches": [{"step": step, **state}]}, {"0": tensors}
+        for k, b in enumerate(state["batches"]):
+            rows = PromptSet(dropped_too_long=0, **b["rows"])
+            ready = SampledRound(rows, Batch(**tensors[str(k)]), b["texts"], b["finish"], b["metrics"])
+            self._slots.append(_Slot(b["step"], ready=ready))
 
 
 def staleness_metrics(sample_versions: torch.Tensor, trainer_version: int, max_staleness: int) -> dict[str, float]:
-    """How many weight versions the batch's samples lag the policy that trains on them.
+    """How many weight versions the batch's samples lag the policy that trains on them:
+    mean, max and the fraction of samples at each lag 0..max_staleness.
 
     >>> staleness_metrics(torch.tensor([3, 3, 2, 2]), 3, 1)
     {'async/staleness_mean': 0.5, 'async/staleness_max': 1.0, 'async/staleness_0': 0.5, 'async/staleness_1': 0.5}

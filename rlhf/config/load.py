@@ -110,7 +110,7 @@ def validate(cfg: RunConfig) -> None:
     _check_ranges(cfg)
     _check_rewards(cfg)
     _check_agent(cfg)
-    _check_one_step(cfg)
+    _check_overlap(cfg)
     _check_gpus(cfg)
     _check_lora(cfg)
     check_role_resources(cfg.cluster.role_resources, PPO_ROLES)
@@ -216,23 +216,23 @@ def _check_agent(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'rollout.agent.tools[{i}]': {err}") from None
 
 
-def _check_one_step(cfg: RunConfig) -> None:
-    """rollout.mode one_step trains on samples one weight version old."""
+def _check_overlap(cfg: RunConfig) -> None:
+    """rollout.mode one_step / async train on samples of older weight versions (rlhf/overlap.py)."""
     r = cfg.rollout
-    if r.mode != "one_step":
+    if r.mode == "sync" or (r.mode == "async" and r.max_staleness == 0):  # async at staleness 0 is sync
         return
     if r.max_staleness < 1:
         raise ConfigError("config key 'rollout.max_staleness' must be >= 1 with rollout.mode=one_step (its samples "
                           "are one weight version old); rollout.mode=sync is staleness 0")
     if cfg.algorithm.tis_cap is None:
-        raise ConfigError("config key 'algorithm.tis_cap' must be set with rollout.mode=one_step (e.g. 2.0): the "
-                          "truncated importance weights correct for samples drawn by the previous policy")
+        raise ConfigError(f"config key 'algorithm.tis_cap' must be set with rollout.mode={r.mode} (e.g. 2.0): the "
+                          f"truncated importance weights correct for samples drawn by older policies")
     if cfg.algorithm.filter_groups:
-        raise ConfigError("config key 'algorithm.filter_groups' is not supported with rollout.mode=one_step "
-                          "(extra generation rounds would wait on the batch in flight)")
+        raise ConfigError(f"config key 'algorithm.filter_groups' is not supported with rollout.mode={r.mode} "
+                          f"(extra generation rounds would wait on the batches in flight)")
     if r.sleep_between_steps:
-        raise ConfigError("config key 'rollout.sleep_between_steps' must be off with rollout.mode=one_step: the "
-                          "engines generate the next batch while the trainer runs")
+        raise ConfigError(f"config key 'rollout.sleep_between_steps' must be off with rollout.mode={r.mode}: the "
+                          f"engines generate the next batches while the trainer runs")
 
 
 def _check_rewards(cfg: RunConfig) -> None:

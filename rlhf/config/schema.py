@@ -96,8 +96,8 @@ class RolloutSection:
     tensor_parallel_size: int = positive(1)  # GPUs each engine shards its model over (rollout.num_gpus must equal it)
     num_cpus: float = positive(0.5)    # Ray CPUs per engine
     num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
-    mode: str = one_of("sync", "one_step")  # one_step: the next step's batch generates while this one trains (rlhf/trajectory_buffer.py)
-    max_staleness: int = non_negative(1)  # weight versions a sample may lag the policy it trains (one_step: 1)
+    mode: str = one_of("sync", "one_step", "async")  # one_step: the next step's batch generates while this one trains; async: up to max_staleness batches ahead (rlhf/overlap.py)
+    max_staleness: int = non_negative(1)  # weight versions a sample may lag the policy it trains (one_step: 1; async 0 = sync)
     agent: AgentSection = field(default_factory=AgentSection)  # multi-turn rollouts with tools / environments
     sleep_between_steps: Optional[bool] = None  # vLLM sleep mode while training; None: on in the hybrid engine (colocated, rollout.num_gpus < 1)
 

@@ -266,3 +266,23 @@ def test_k1_kl_loss_is_refused():
 def test_critic_warmup_validation(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["rollout.mode=async", "rollout.max_staleness=2"], "config key 'algorithm.tis_cap' must be set with rollout.mode=async"),
+    (["rollout.mode=one_step", "rollout.max_staleness=0", "algorithm.tis_cap=2"], "config key 'rollout.max_staleness'"),
+    (["rollout.mode=async", "rollout.max_staleness=-1", "algorithm.tis_cap=2"], "config key 'rollout.max_staleness' must be"),
+    (["rollout.mode=async", "algorithm.tis_cap=2", "algorithm.filter_groups=true"], "config key 'algorithm.filter_groups'"),
+    (["rollout.mode=async", "algorithm.tis_cap=2", "rollout.sleep_between_steps=true"],
+     "config key 'rollout.sleep_between_steps'"),
+    (["rollout.mode=eventually"], "config key 'rollout.mode'"),
+])
+def test_overlap_modes_refuse_bad_combinations_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(RECIPES[0].parent / "grpo_tiny.yaml", overrides)
+    assert needle in str(err.value)
+
+
+def test_async_at_staleness_zero_is_sync_and_needs_no_correction():
+    cfg = load_config(RECIPES[0].parent / "grpo_tiny.yaml", ["rollout.mode=async", "rollout.max_staleness=0"])
+    assert cfg.rollout.mode == "async" and cfg.algorithm.tis_cap is None
