@@ -28,7 +28,8 @@ class Batch:
     response_mask: Tensor                    # (B, R) float, 1 = generated token (incl. EOS)
     group_ids: Tensor                        # (B,) long, same id = same prompt (GRPO/RLOO groups)
     rollout_logprobs: Optional[Tensor] = None  # (B, R) log-probs as sampled by the rollout engine
-    weight_version: Optional[Tensor] = None  # (B,) long, policy version that generated the sample
+    weight_version: Optional[Tensor] = None  # (B,) long, the oldest policy version among the sample's tokens
+    token_version: Optional[Tensor] = None   # (B, R) long, version each response token was sampled under (-1: none)
     old_logprobs: Optional[Tensor] = None    # (B, R) trainer log-probs before the update
     ref_logprobs: Optional[Tensor] = None    # (B, R) reference policy log-probs
     values: Optional[Tensor] = None          # (B, R) critic values before the update

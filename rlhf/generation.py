@@ -70,21 +70,31 @@ def collect(cfg, rollout, tokenizer, launched: Launched) -> Generated:
     for part, out in zip(launched.parts, outs):
         records = out["trajectories"] if agent else _completions(out)
         for k, i in enumerate(part):
-            samples += [(i, {**rec, "weight_version": out["weight_version"]}) for rec in records[k * n:(k + 1) * n]]
+            samples += [(i, {**rec, "weight_version": oldest_version(rec, out["weight_version"])})
+                        for rec in records[k * n:(k + 1) * n]]
     samples.sort(key=lambda s: s[0])  # stable: sample order within a prompt is kept
     order = [i for i, _ in samples]
     records = [rec for _, rec in samples]
     batch = build_batch([rows.prompt_ids[i] for i in order], [rec["response_ids"] for rec in records],
                         [rec["logprobs"] for rec in records], torch.tensor(order),
                         torch.tensor([rec["weight_version"] for rec in records]), cfg.response_budget,
-                        tokenizer.pad_token_id, masks=[rec["policy_mask"] for rec in records] if agent else None)
+                        tokenizer.pad_token_id, masks=[rec["policy_mask"] for rec in records] if agent else None,
+                        token_versions=[rec["token_versions"] for rec in records])
     texts = tokenizer.batch_decode([rec["response_ids"] for rec in records], skip_special_tokens=True)
     return Generated(batch, texts, [rec["finish_reason"] for rec in records], records if agent else None)
 
 
 def _completions(out: dict) -> list[dict]:
-    return [{"response_ids": ids, "logprobs": lps, "finish_reason": fin}
-            for ids, lps, fin in zip(out["response_ids"], out["logprobs"], out["finish_reasons"])]
+    return [{"response_ids": ids, "logprobs": lps, "token_versions": vs, "finish_reason": fin}
+            for ids, lps, vs, fin in zip(out["response_ids"], out["logprobs"], out["token_versions"],
+                                         out["finish_reasons"])]
+
+
+def oldest_version(record: dict, engine_version: int) -> int:
+    """The oldest weight version among a sample's sampled tokens (observations are -1); the
+    engine's version for a sample with none. A sample's staleness is that of this token."""
+    sampled = [v for v in record["token_versions"] if v >= 0]
+    return min(sampled) if sampled else engine_version
 
 
 def sample_of(rows: PromptSet, i: int) -> dict:
@@ -94,14 +104,17 @@ def sample_of(rows: PromptSet, i: int) -> dict:
 
 def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: list[list[float]],
                 group_ids: torch.Tensor, versions: torch.Tensor, response_len: int, pad_id: int,
-                masks: list[list[int]] | None = None) -> Batch:
+                masks: list[list[int]] | None = None, token_versions: list[list[int]] | None = None) -> Batch:
     """Left-pad prompts, right-pad responses to `response_len` (see rlhf/batch.py).
-    `masks`: per response token 1 (policy) or 0 (observation, a hole); None: all 1."""
+    `masks`: per response token 1 (policy) or 0 (observation, a hole); None: all 1.
+    `token_versions`: the weight version each response token was sampled under (-1:
+    observation); None: every token of the sample's `versions`."""
     size, prompt_len = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((size, prompt_len + response_len), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
     resp_mask = torch.zeros(size, response_len)
     rollout_lp = torch.zeros(size, response_len)
+    token_version = torch.full((size, response_len), -1, dtype=torch.long)
     for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
         r, lp = r[:response_len], lp[:response_len]
         ids[i, prompt_len - len(p): prompt_len] = torch.tensor(p)
@@ -110,8 +123,10 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], logprobs: 
             ids[i, prompt_len: prompt_len + len(r)] = torch.tensor(r)
             rollout_lp[i, : len(r)] = torch.tensor(lp)
             resp_mask[i, : len(r)] = torch.tensor(masks[i][:response_len], dtype=torch.float) if masks else 1
+            token_version[i, : len(r)] = (torch.tensor(token_versions[i][:response_len]) if token_versions
+                                          else versions[i])
     return Batch(input_ids=ids, attention_mask=attn, response_mask=resp_mask, group_ids=group_ids,
-                 rollout_logprobs=rollout_lp, weight_version=versions)
+                 rollout_logprobs=rollout_lp, weight_version=versions, token_version=token_version)
 
 
 def reward_columns(rows: PromptSet, batch: Batch, n: int) -> dict[str, list]:

@@ -61,7 +61,9 @@ class RolloutOverlap:
         if lag > self.max_staleness:  # the schedule makes this impossible: a bug if seen
             raise RuntimeError(f"step {step + 1}: a sample {lag} weight versions behind the trainer, over "
                                f"rollout.max_staleness={self.max_staleness}")
-        sampled.metrics.update(staleness_metrics(sampled.batch.weight_version, trainer_version, self.max_staleness))
+        batch = sampled.batch
+        sampled.metrics.update(staleness_metrics(batch.weight_version, trainer_version, self.max_staleness,
+                                                 batch.token_version))
         first = self.buffer.next_step or step + 1
         for ahead in range(first, min(step + self.ahead, self.total_steps - 1) + 1):
             self.buffer.launch(ahead, self._launch(ahead))

@@ -98,14 +98,22 @@ class TrajectoryBuffer:
             self._slots.append(_Slot(b["step"], ready=ready))
 
 
-def staleness_metrics(sample_versions: torch.Tensor, trainer_version: int, max_staleness: int) -> dict[str, float]:
-    """How many weight versions the batch's samples lag the policy that trains on them:
-    mean, max and the fraction of samples at each lag 0..max_staleness.
+def staleness_metrics(sample_versions: torch.Tensor, trainer_version: int, max_staleness: int,
+                      token_versions: torch.Tensor | None = None) -> dict[str, float]:
+    """How many weight versions the batch's samples (their oldest tokens) lag the policy
+    that trains on them: mean, max and the fraction of samples at each lag
+    0..max_staleness; with `token_versions` (B, R) (-1: no sampled token) also
+    `async/resumed_frac`, the fraction of samples written by more than one version
+    (rollout.partial resume).
 
     >>> staleness_metrics(torch.tensor([3, 3, 2, 2]), 3, 1)
     {'async/staleness_mean': 0.5, 'async/staleness_max': 1.0, 'async/staleness_0': 0.5, 'async/staleness_1': 0.5}
+    >>> staleness_metrics(torch.tensor([2, 3]), 3, 1, torch.tensor([[2, 3, -1], [3, 3, 3]]))["async/resumed_frac"]
+    0.5
     """
     lag = trainer_version - sample_versions.long()
     out = {"async/staleness_mean": float(lag.float().mean()), "async/staleness_max": float(lag.max())}
     out.update({f"async/staleness_{k}": float((lag == k).float().mean()) for k in range(max_staleness + 1)})
+    if token_versions is not None:
+        out["async/resumed_frac"] = float((token_versions.max(-1).values > sample_versions.long()).float().mean())
     return out

@@ -15,7 +15,6 @@ returns keeps its thread until it does (code-running tools use the killable sand
 from __future__ import annotations
 
 import concurrent.futures as cf
-import itertools
 import time
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from rlhf.agent.env import EnvError, StepResult, call_maybe_async, check_step_re
 from rlhf.agent.render import ObservationRenderer
 from rlhf.agent.trajectory import ERROR, FINISHED, MAX_TURNS, TRUNCATED, Trajectory
 from rlhf.seeds import derive_seed
+from workers.partial import EngineRequests, Sampled
 
 
 class AgentRunError(RuntimeError):
@@ -41,17 +41,17 @@ class TurnSampling:
 
 
 class AgentLoop:
-    def __init__(self, engine, tokenizer, make_env, *, chat: bool, max_turns: int, max_total_tokens: int,
-                 tool_timeout_s: float, max_observation_tokens: int, concurrency: int, on_error: str,
-                 lora_request=None):
-        self.engine, self.make_env, self.lora_request = engine, make_env, lora_request  # the policy's LoRA version
+    def __init__(self, requests: EngineRequests, tokenizer, make_env, *, chat: bool, max_turns: int,
+                 max_total_tokens: int, tool_timeout_s: float, max_observation_tokens: int, concurrency: int,
+                 on_error: str):
+        # the engine's requests, paused and resumed around weight updates (workers/partial.py)
+        self.requests, self.make_env = requests, make_env
         self.render = ObservationRenderer(tokenizer, chat)
         self.tokenizer = tokenizer
         self.max_turns, self.budget = max_turns, max_total_tokens
         self.step_timeout_s = tool_timeout_s
         self.max_observation_tokens = max_observation_tokens
         self.concurrency, self.on_error = concurrency, on_error
-        self._ids = itertools.count()
 
     # ---------------------------------------------------------------- the loop
     def run(self, prompts: list[list[int]], samples: list[dict], sampling: TurnSampling,
@@ -59,7 +59,7 @@ class AgentLoop:
         """One trajectory per (prompt, sample, seed), in order; returns `Trajectory.result()`s."""
         trajs = [Trajectory(list(p), s, self.budget) for p, s in zip(prompts, samples)]
         waiting = list(range(len(trajs)))[::-1]    # not started (popped from the end: in order)
-        generating: dict[str, int] = {}            # request id -> trajectory
+        generating = self.requests.pending         # trajectory -> its turn in the engine
         env_calls: dict[cf.Future, tuple[int, float]] = {}  # future -> (trajectory, started)
         envs: dict[int, object] = {}
         limit = self.concurrency or len(trajs)
@@ -71,15 +71,14 @@ class AgentLoop:
                     i = waiting.pop()
                     envs[i] = self._start(i, trajs[i], pool, env_calls)
                 if generating:
-                    for out in self.engine.step():
-                        if out.finished:
-                            i = generating.pop(out.request_id)
-                            self._turn_done(i, trajs[i], out.outputs[0], envs[i], pool, env_calls)
-                else:
+                    for i, turn in self.requests.step():
+                        self._turn_done(i, trajs[i], turn, envs[i], pool, env_calls)
+                else:  # every trajectory waits on its tool: a weight update may still come in
+                    self.requests.idle_pause_point()
                     cf.wait(list(env_calls), timeout=0.05, return_when=cf.FIRST_COMPLETED)
-                self._collect_env_calls(trajs, env_calls, generating, sampling, seeds)
+                self._collect_env_calls(trajs, env_calls, sampling, seeds)
         finally:
-            self._abort(generating)
+            self.requests.abort()
             for future in env_calls:
                 future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
@@ -93,10 +92,9 @@ class AgentLoop:
         env_calls[pool.submit(_reset, env, traj.sample)] = (i, time.monotonic())
         return env
 
-    def _turn_done(self, i: int, traj: Trajectory, completion, env, pool, env_calls) -> None:
-        ids = list(completion.token_ids)
-        logprobs = [completion.logprobs[k][tok].logprob for k, tok in enumerate(ids)]
-        traj.add_policy_turn(ids, logprobs)
+    def _turn_done(self, i: int, traj: Trajectory, turn: Sampled, env, pool, env_calls) -> None:
+        ids = turn.token_ids
+        traj.add_policy_turn(ids, turn.logprobs, turn.versions)
         traj.ended_with_eos = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
         if traj.room <= 0:  # a turn cut by its own budget (rollout.max_new_tokens) still goes to the env
             traj.end(TRUNCATED)
@@ -104,7 +102,7 @@ class AgentLoop:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         env_calls[pool.submit(_step, env, text)] = (i, time.monotonic())
 
-    def _collect_env_calls(self, trajs, env_calls, generating, sampling, seeds) -> None:
+    def _collect_env_calls(self, trajs, env_calls, sampling, seeds) -> None:
         """Finished (or overdue) environment calls: append observations, queue next turns."""
         now = time.monotonic()
         for future, (i, started) in list(env_calls.items()):
@@ -120,7 +118,7 @@ class AgentLoop:
                     self._fail(traj, f"environment raised {type(err).__name__}: {_one_line(err)}")
                     continue
                 if self._apply(traj, step):
-                    generating[self._submit(i, traj, sampling, seeds[i])] = i
+                    self._submit(i, traj, sampling, seeds[i])
             elif now - started > self.step_timeout_s:
                 del env_calls[future]  # its thread is abandoned: see the module docstring
                 self._fail(traj, f"environment did not answer within rollout.agent.tool_timeout_s="
@@ -147,7 +145,7 @@ class AgentLoop:
         """reset()'s text continues the prompt as plain text (the prompt is already rendered)."""
         return self.tokenizer.encode(step.observation, add_special_tokens=False) if step.observation else []
 
-    def _submit(self, i: int, traj: Trajectory, sampling: TurnSampling, seed: int | None) -> str:
+    def _submit(self, i: int, traj: Trajectory, sampling: TurnSampling, seed: int | None) -> None:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -156,22 +154,13 @@ class AgentLoop:
             max_tokens=min(sampling.max_new_tokens, traj.room), stop=list(sampling.stop),
             include_stop_str_in_output=True, stop_token_ids=list(sampling.stop_token_ids),
             seed=None if seed is None else derive_seed(seed, traj.turns), logprobs=0, detokenize=True)
-        request_id = f"agent-{next(self._ids)}"
-        self.engine.add_request(request_id, {"prompt_token_ids": traj.context}, params, lora_request=self.lora_request)
-        return request_id
+        self.requests.add(i, traj.context, params)
 
     def _fail(self, traj: Trajectory, why: str) -> None:
         if self.on_error == "fail":
             raise AgentRunError(f"trajectory of prompt {traj.sample.get('prompt', '')[:40]!r}: {why} "
                                 f"(rollout.agent.on_error=fail)")
         traj.end(ERROR, why)
-
-    def _abort(self, generating: dict[str, int]) -> None:
-        """Leave no request of ours in the engine (an error mid-loop)."""
-        if generating:
-            self.engine.abort_request(list(generating))
-            while self.engine.has_unfinished_requests():
-                self.engine.step()
 
 
 # ---------------------------------------------------------------- environment calls (worker threads)

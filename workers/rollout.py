@@ -3,7 +3,9 @@
 A plain class; the worker group wraps it with `ray.remote(RolloutWorker)`. Verbs:
 `generate`, `score_sequences`, `weight_version`, `sleep`/`wake_up`, `ready`, and the
 receive side of the weight sync (`init_weight_receiver`, `receive_bucket`,
-`finish_weight_update`), driven by `workers.weight_sync.WeightSender`.
+`finish_weight_update`), driven by `workers.weight_sync.WeightSender`. Generation steps
+the engine itself (workers/partial.py), so that with `rollout.partial: resume` a weight
+update can come in between two engine steps.
 
 Log-probs: vLLM 0.32 returns, by default (`logprobs_mode="raw_logprobs"`),
 log_softmax of the RAW logits, i.e. before temperature, top-k and top-p. We start the
@@ -26,6 +28,7 @@ from dataclasses import asdict, is_dataclass
 from rlhf.config.schema import AgentSection, RolloutSection
 from rlhf.seeds import derive_seed
 from workers import device as dev
+from workers.partial import UPDATE_GROUP, EngineRequests, UpdateGate
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +96,14 @@ def whole_prefills(model_path: str) -> dict:
 
 
 class RolloutWorker:
+    # rollout.partial resume: the sync's calls run beside a generation (workers/partial.py)
+    RAY_OPTIONS = {"concurrency_groups": {UPDATE_GROUP: 1}}
+
     def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0,
                  weight_transfer: str | None = None, lora_rank: int | None = None):
         device = dev.setup_process_env()
-        dev.share_cores(1)  # until the controller says otherwise
+        self._sharers = 1
+        dev.share_cores(self._sharers)  # until the controller says otherwise
         # vLLM's INFO lines (engine config, loader, KV cache) would bury the run's own
         # output; warnings still show. VLLM_LOGGING_LEVEL=INFO brings them back.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -120,51 +127,51 @@ class RolloutWorker:
         self.start_seconds = time.perf_counter() - t0
         self._sleeping = False
         self._agent_env = None  # the environment factory, made on the first agent rollout
+        self._gate = UpdateGate()  # weight updates between engine steps
 
     # ---------------------------------------------------------------- sampling
     def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, max_new_tokens: int,
-                 stop_token_ids=(), seed: int | None = None) -> dict:
+                 stop_token_ids=(), seed: int | None = None, ignore_eos: bool = False) -> dict:
         """Sample `n` responses per prompt.
 
         Returns lists of length len(prompts) * n, the n samples of prompt i at
         [i*n, (i+1)*n): `response_ids`, `logprobs` (per sampled token, see module doc),
-        `finish_reasons` ("stop" | "length"), plus `weight_version`. With `seed`,
-        sample j of prompt i is one request seeded with derive_seed(seed, i, j), so the
-        same call returns the same samples and no two samples share a random stream.
-        Greedy (temperature 0): vLLM refuses n > 1, so each prompt is decoded once and
-        its answer repeated n times.
+        `token_versions` (the weight version each token was sampled under: a weight
+        update may come in mid-call, workers/partial.py), `finish_reasons` ("stop" |
+        "length"), plus `weight_version` (at the end). Each sample is one request; with
+        `seed`, sample j of prompt i is seeded with derive_seed(seed, i, j), so the same
+        call returns the same samples and no two samples share a random stream. Greedy
+        (temperature 0): each prompt is decoded once and its answer repeated n times.
+        `ignore_eos`: every response runs to max_new_tokens (benchmarks, tests).
         """
         from vllm import SamplingParams
 
+        self._threads_here()
         greedy = temperature == 0
-        # seeded: one request per sample (vLLM would seed a request's n samples seed + j)
-        per_request = 1 if greedy or seed is not None else n
-
-        def params(request_seed: int | None) -> SamplingParams:
-            return SamplingParams(
-                n=per_request, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
-                max_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids),
-                seed=request_seed, logprobs=0, detokenize=False)
-
-        copies = 1 if greedy or per_request == n else n
-        prompts, sampling = [], []
-        for i, p in enumerate(prompt_token_ids):
-            for j in range(copies):
-                prompts.append({"prompt_token_ids": list(p)})
-                sampling.append(params(None if seed is None or greedy else derive_seed(seed, i, j)))
-        outs = self.llm.generate(prompts, sampling, use_tqdm=False, lora_request=self.lora_request)
-        response_ids, logprobs, finish = [], [], []
-        for out in outs:
-            for comp in sorted(out.outputs, key=lambda c: c.index):
-                ids = list(comp.token_ids)
-                lps = [comp.logprobs[t][tok].logprob for t, tok in enumerate(ids)]
-                for _ in range(n if greedy else 1):
-                    response_ids.append(list(ids))
-                    logprobs.append(list(lps))
-                    finish.append(comp.finish_reason)
-        return {"response_ids": response_ids, "logprobs": logprobs, "finish_reasons": finish,
-                "weight_version": self._version}
+        copies = 1 if greedy else n
+        requests = EngineRequests(self.llm.llm_engine, self._gate, self.weight_version, self.lora_request)
+        with self._gate.generating():
+            for i, p in enumerate(prompt_token_ids):
+                for j in range(copies):
+                    request_seed = None if seed is None or greedy else derive_seed(seed, i, j)
+                    requests.add((i, j), p, SamplingParams(
+                        n=1, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else 0,
+                        max_tokens=max_new_tokens, stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos,
+                        seed=request_seed, logprobs=0, detokenize=False))
+            done = {}
+            while requests.pending:
+                done.update(requests.step())
+        response_ids, logprobs, versions, finish = [], [], [], []
+        for i in range(len(prompt_token_ids)):
+            for j in range(n):
+                out = done[(i, 0 if greedy else j)]
+                response_ids.append(list(out.token_ids))
+                logprobs.append(list(out.logprobs))
+                versions.append(list(out.versions))
+                finish.append(out.finish_reason)
+        return {"response_ids": response_ids, "logprobs": logprobs, "token_versions": versions,
+                "finish_reasons": finish, "weight_version": self._version}
 
     def run_agent(self, prompt_token_ids: list[list[int]], samples: list[dict], *, n: int, temperature: float,
                   top_p: float = 1.0, top_k: int = -1, max_new_tokens: int, stop_token_ids=(),
@@ -177,6 +184,7 @@ class RolloutWorker:
         from rlhf.agent.env import environment_factory
         from workers.agent_loop import AgentLoop, TurnSampling
 
+        self._threads_here()
         if agent is not None:
             agent = AgentSection(**agent)
             make_env = environment_factory(agent)
@@ -185,15 +193,17 @@ class RolloutWorker:
             if self._agent_env is None:
                 self._agent_env = environment_factory(agent)
             make_env = self._agent_env
-        loop = AgentLoop(self.llm.llm_engine, self.llm.get_tokenizer(), make_env, chat=chat,
+        requests = EngineRequests(self.llm.llm_engine, self._gate, self.weight_version, self.lora_request)
+        loop = AgentLoop(requests, self.llm.get_tokenizer(), make_env, chat=chat,
                          max_turns=agent.max_turns, max_total_tokens=agent.max_total_tokens,
                          tool_timeout_s=agent.tool_timeout_s, max_observation_tokens=agent.max_observation_tokens,
-                         concurrency=agent.concurrency, on_error=agent.on_error, lora_request=self.lora_request)
+                         concurrency=agent.concurrency, on_error=agent.on_error)
         sampling = TurnSampling(temperature, top_p, top_k, max_new_tokens, list(agent.stop), list(stop_token_ids))
         count = len(prompt_token_ids) * n
         seeds = [None if seed is None else derive_seed(seed, k // n, k % n) for k in range(count)]
-        results = loop.run([prompt_token_ids[k // n] for k in range(count)], [samples[k // n] for k in range(count)],
-                           sampling, seeds)
+        with self._gate.generating():
+            results = loop.run([prompt_token_ids[k // n] for k in range(count)],
+                               [samples[k // n] for k in range(count)], sampling, seeds)
         return {"trajectories": results, "weight_version": self._version}
 
     def score_sequences(self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]) -> list[list[float]]:
@@ -204,6 +214,7 @@ class RolloutWorker:
             # vLLM 0.32's CPU LoRA kernels (punica_cpu bgmv_shrink) mis-size the logits of
             # prompt log-probs: einsum error. Sampled-token log-probs (`generate`) are fine.
             raise NotImplementedError("score_sequences with a LoRA adapter is not supported by vLLM 0.32 (CPU)")
+        self._threads_here()
         sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         prompts = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompt_token_ids, response_token_ids)]
         outs = self.llm.generate(prompts, sp, use_tqdm=False)
@@ -224,7 +235,15 @@ class RolloutWorker:
     def share_cores(self, sharers: int) -> int:
         """CPU: generate with this node's cores / `sharers` torch threads (the engine runs
         in this process); returns torch's count."""
+        self._sharers = sharers
         return dev.share_cores(sharers)
+
+    def _threads_here(self) -> None:
+        """Set the torch threads in the thread running this call: the actor's calls may run
+        on other threads than its constructor (the update's concurrency group), OpenMP
+        counts are per thread, and vLLM's CPU attention fails when its metadata's count and
+        the running thread's differ."""
+        dev.share_cores(self._sharers)
 
     def shutdown(self) -> bool:
         """Stop the engine the orderly way. GPU: its engine-core process removes its
@@ -248,6 +267,7 @@ class RolloutWorker:
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         devices = [{"node_id": node_id, **d} for d in self.llm.collective_rpc("rlhf_device")]
         return {"node_id": node_id, "devices": devices, "weight_transfer": self.weight_transfer,
+                "update_group": UPDATE_GROUP if self.cfg.partial == "resume" else None,
                 "num_engine_workers": config.parallel_config.world_size,
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
@@ -286,15 +306,27 @@ class RolloutWorker:
         return self.llm.collective_rpc("rlhf_init_receiver", args=(spec,))
 
     def receive_bucket(self, meta: dict) -> int:
-        return self.llm.collective_rpc("rlhf_load_bucket", args=(meta,))[0]
+        """Load one bucket; the first pauses the generations in flight (rollout.partial resume:
+        this runs beside them) until `finish_weight_update`."""
+        if meta["index"] == 0:
+            self._gate.begin_update()
+        try:
+            return self.llm.collective_rpc("rlhf_load_bucket", args=(meta,))[0]
+        except BaseException:
+            self._gate.end_update()  # a failed sync must not leave the generations paused
+            raise
 
     def finish_weight_update(self, version: int) -> dict:
-        """Close the update, drop KV blocks computed with old weights, adopt `version`."""
-        if version <= self._version:
-            raise ValueError(f"weight version must increase: have {self._version}, got {version}")
-        reports = self.llm.collective_rpc("rlhf_finish_update")
-        self.llm.reset_prefix_cache()
-        self._version = version
+        """Close the update, drop KV blocks computed with old weights, adopt `version`; the
+        paused generations go on with it."""
+        try:
+            if version <= self._version:
+                raise ValueError(f"weight version must increase: have {self._version}, got {version}")
+            reports = self.llm.collective_rpc("rlhf_finish_update")
+            self.llm.reset_prefix_cache()
+            self._version = version
+        finally:
+            self._gate.end_update()
         return {"version": version, "buckets": min(r["buckets"] for r in reports),
                 "tensors": min(r["tensors"] for r in reports)}
 

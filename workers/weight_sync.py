@@ -263,6 +263,12 @@ class InFlight:
 class _Receiver:
     handle: object       # Ray actor handle of a RolloutWorker
     rank_offset: int     # process_group rank of its first vLLM worker process
+    group: str | None = None  # its concurrency group for the sync's calls (rollout.partial resume)
+
+    def call(self, method: str, *args):
+        """`handle.method.remote(*args)`, in the receiver's concurrency group if it has one."""
+        bound = getattr(self.handle, method)
+        return (bound.options(concurrency_group=self.group) if self.group else bound).remote(*args)
 
 
 class WeightSender:
@@ -303,7 +309,8 @@ class WeightSender:
         if name not in TRANSPORTS:
             raise RuntimeError(f"weight sync by {name}: a GPU transport, run by vLLM's engines (workers/vllm_transfer.py)")
         self._transport = TRANSPORTS[name]()
-        self.receivers = [_Receiver(h, off) for h, off in zip(rollout_handles, offsets)]
+        self.receivers = [_Receiver(h, off, info.get("update_group"))
+                          for h, off, info in zip(rollout_handles, offsets, infos)]
         refs = self._transport.setup(rollout_handles, offsets, world)
         if not refs:
             refs = [h.init_weight_receiver.remote(self._transport.spec()) for h in rollout_handles]
@@ -327,7 +334,7 @@ class WeightSender:
         for index, (flat, metas) in enumerate(pack_buckets(named_tensors, self.bucket_bytes, self.dtype,
                                                            alloc=self._transport.alloc)):
             meta = {"index": index, "nbytes": flat.numel(), "tensors": metas, **self._transport.stage(index, flat)}
-            refs = [r.handle.receive_bucket.remote(meta) for r in self.receivers]
+            refs = [r.call("receive_bucket", meta) for r in self.receivers]
             # process_group: returns once the bytes are sent (the buffer is free again);
             # the receivers load bucket k while the next loop packs bucket k+1
             self._transport.push(flat)
@@ -336,7 +343,7 @@ class WeightSender:
             ntensors += len(metas)
             nbuckets += 1
         in_flight.drain()
-        reports = ray.get([r.handle.finish_weight_update.remote(version) for r in self.receivers])
+        reports = ray.get([r.call("finish_weight_update", version) for r in self.receivers])
         for report in reports:
             if report["tensors"] != ntensors or report["buckets"] != nbuckets:
                 raise RuntimeError(f"weight sync v{version}: sent {nbuckets} buckets/{ntensors} tensors, "

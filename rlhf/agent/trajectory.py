@@ -25,6 +25,7 @@ class Trajectory:
     response_ids: list[int] = field(default_factory=list)
     policy_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)  # weight version per token (-1: observation)
     turns: int = 0                    # policy turns
     finish: str | None = None         # one of the constants above once ended
     error: str | None = None
@@ -50,13 +51,16 @@ class Trajectory:
     def room(self) -> int:
         return self.budget - len(self.response_ids)
 
-    def add_policy_turn(self, ids: list[int], logprobs: list[float]) -> None:
-        if len(ids) != len(logprobs):
-            raise ValueError(f"{len(ids)} policy tokens but {len(logprobs)} log-probs")
+    def add_policy_turn(self, ids: list[int], logprobs: list[float], versions: list[int] | None = None) -> None:
+        """`versions`: the weight version each token was sampled under (None: 0)."""
+        versions = [0] * len(ids) if versions is None else versions
+        if not len(ids) == len(logprobs) == len(versions):
+            raise ValueError(f"{len(ids)} policy tokens but {len(logprobs)} log-probs, {len(versions)} versions")
         self.turns += 1
         self.response_ids += ids
         self.policy_mask += [1] * len(ids)
         self.logprobs += logprobs
+        self.versions += versions
 
     def add_observation(self, ids: list[int]) -> bool:
         """Append the environment's tokens; False (and truncated) when they leave no room
@@ -67,6 +71,7 @@ class Trajectory:
         self.response_ids += ids
         self.policy_mask += [0] * len(ids)
         self.logprobs += [0.0] * len(ids)
+        self.versions += [-1] * len(ids)
         self.observation_tokens += len(ids)
         return True
 
@@ -86,6 +91,7 @@ class Trajectory:
     def result(self) -> dict:
         """The plain-data record the rollout worker returns (picklable, no tensors)."""
         return {"response_ids": self.response_ids, "policy_mask": self.policy_mask, "logprobs": self.logprobs,
+                "token_versions": self.versions,
                 "finish_reason": self.finish, "error": self.error, "turns": self.turns,
                 "env_reward": self.env_reward, "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
                 "tool_timeouts": self.tool_timeouts, "format_errors": self.format_errors,

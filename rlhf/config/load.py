@@ -219,6 +219,7 @@ def _check_agent(cfg: RunConfig) -> None:
 def _check_overlap(cfg: RunConfig) -> None:
     """rollout.mode one_step / async train on samples of older weight versions (rlhf/overlap.py)."""
     r = cfg.rollout
+    _check_partial(cfg)
     if r.mode == "sync" or (r.mode == "async" and r.max_staleness == 0):  # async at staleness 0 is sync
         return
     if r.max_staleness < 1:
@@ -233,6 +234,22 @@ def _check_overlap(cfg: RunConfig) -> None:
     if r.sleep_between_steps:
         raise ConfigError(f"config key 'rollout.sleep_between_steps' must be off with rollout.mode={r.mode}: the "
                           f"engines generate the next batches while the trainer runs")
+
+
+def _check_partial(cfg: RunConfig) -> None:
+    """rollout.partial resume pauses the requests in flight at a weight sync (workers/partial.py)."""
+    r = cfg.rollout
+    if r.partial != "resume":
+        return
+    if r.mode != "async" or r.max_staleness < 1:
+        raise ConfigError("config key 'rollout.partial' is 'resume', which needs rollout.mode=async with "
+                          "rollout.max_staleness >= 1 (only then are requests in flight at a weight sync)")
+    if cfg.actor.lora.enabled and not cfg.sync.lora_merge:
+        raise ConfigError("config key 'rollout.partial' is 'resume', not supported with an adapter-only sync "
+                          "(actor.lora without sync.lora_merge); use 'finish'")
+    if r.num_gpus > 0:
+        raise ConfigError("config key 'rollout.partial' is 'resume', not supported on GPU engines (their sync "
+                          "runs through vLLM's weight transfer); use 'finish'")
 
 
 def _check_rewards(cfg: RunConfig) -> None:

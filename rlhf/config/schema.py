@@ -98,6 +98,7 @@ class RolloutSection:
     num_gpus: float = non_negative(0.0)  # Ray GPUs per engine (GPU machines)
     mode: str = one_of("sync", "one_step", "async")  # one_step: the next step's batch generates while this one trains; async: up to max_staleness batches ahead (rlhf/overlap.py)
     max_staleness: int = non_negative(1)  # weight versions a sample may lag the policy it trains (one_step: 1; async 0 = sync)
+    partial: str = one_of("finish", "resume")  # async: requests in flight when new weights arrive finish on the old ones, or pause and resume on the new (workers/partial.py)
     agent: AgentSection = field(default_factory=AgentSection)  # multi-turn rollouts with tools / environments
     sleep_between_steps: Optional[bool] = None  # vLLM sleep mode while training; None: on in the hybrid engine (colocated, rollout.num_gpus < 1)
 

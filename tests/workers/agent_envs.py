@@ -79,3 +79,15 @@ class WaitsForOthers(EchoTurns):
         elif self.seen == 1:
             WaitsForOthers.others_done.set()
         return super().step(action)
+
+
+class SlowTool(EchoTurns):
+    """Two policy turns; the tool between them takes 3 s (a weight update lands meanwhile)."""
+
+    def __init__(self):
+        super().__init__(turns=2)
+
+    def step(self, action):
+        if self.seen == 0:
+            time.sleep(3.0)
+        return super().step(action)

@@ -46,7 +46,8 @@ def rollout_worker(ray_session, policy_path):
     # RLHF_TEST_ROLLOUT_DTYPE=bfloat16 runs the AVX-512 machines' engine dtype on any CPU.
     dtype = os.environ.get("RLHF_TEST_ROLLOUT_DTYPE", "auto")
     cfg = RolloutSection(memory_fraction=0.1, kv_cache_gib=1.0, num_cpus=0.5, dtype=dtype)
-    actor = ray.remote(RolloutWorker).options(num_cpus=cfg.num_cpus).remote(policy_path, cfg, seed=0)
+    actor = ray.remote(**RolloutWorker.RAY_OPTIONS)(RolloutWorker).options(num_cpus=cfg.num_cpus).remote(
+        policy_path, cfg, seed=0)
     assert ray.get(actor.ready.remote())
     yield actor
     ray.kill(actor)

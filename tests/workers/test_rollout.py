@@ -13,10 +13,12 @@ pytestmark = pytest.mark.integration
 def test_generate_n_grouped_bounded_seeded(rollout_worker, prompt_ids, tokenizer):
     kw = dict(n=3, temperature=1.0, max_new_tokens=5, seed=123)
     out = ray.get(rollout_worker.generate.remote(prompt_ids[:4], **kw))
-    assert set(out) == {"response_ids", "logprobs", "finish_reasons", "weight_version"}
+    assert set(out) == {"response_ids", "logprobs", "token_versions", "finish_reasons", "weight_version"}
     assert len(out["response_ids"]) == len(out["logprobs"]) == len(out["finish_reasons"]) == 12
-    for ids, lps, reason in zip(out["response_ids"], out["logprobs"], out["finish_reasons"]):
+    for ids, lps, versions, reason in zip(out["response_ids"], out["logprobs"], out["token_versions"],
+                                          out["finish_reasons"]):
         assert 1 <= len(ids) <= 5 and len(lps) == len(ids)
+        assert versions == [out["weight_version"]] * len(ids)  # no update came in
         assert all(math.isfinite(v) and v <= 0 for v in lps)
         assert reason in ("stop", "length")
         assert (reason == "stop") == (ids[-1] == tokenizer.eos_token_id) or len(ids) == 5
