@@ -15,9 +15,12 @@ weight sync waits for. The controller calls only `batch_for`, `before_sync`, `dr
   step): its lag is <= k by construction, checked on every take (AReaL's bounded
   staleness, arXiv:2505.24298).
 
-A rollout engine runs its calls in order: a weight update arriving while launched
-batches are still queued or generating is applied after them (their tokens keep the
-old version); the trainer's sync call returns once the engines have loaded it.
+What the engines do with requests in flight when the weights change is
+`rollout.partial` (workers/partial.py): `finish`, the engine runs its calls in order and
+applies the update after the batches launched before it (their tokens keep the old
+version; reproducible); `resume`, the update pauses the engine between two steps and
+the requests in flight go on under the new weights (each token records its version; a
+sample's lag is its oldest token's, so the bound above still holds).
 
     step i:  take(i)  launch(..i+k)  [train i]  before_sync  sync -> version i+1
     checkpoint: drain (collect in flight), save every ready batch with its versions

@@ -78,7 +78,8 @@ class WorkerGroup:
         self.role = name or role_cls.__name__
         self.world_size = num_workers
         self.call_timeout_s: float | None = None  # gather's default timeout: a longer call counts as hung
-        remote_cls = ray.remote(**getattr(role_cls, "RAY_OPTIONS", {}))(role_cls)  # e.g. concurrency groups
+        options = getattr(role_cls, "RAY_OPTIONS", None)  # e.g. concurrency groups
+        remote_cls = ray.remote(**options)(role_cls) if options else ray.remote(role_cls)
         self.actors = []
         for rank in range(num_workers):
             options: dict[str, Any] = dict(dev.ray_resources(num_cpus, num_gpus), max_restarts=0)

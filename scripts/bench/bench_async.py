@@ -1,14 +1,23 @@
-"""rollout.mode one_step vs sync where someone waits: agentic trajectories whose tool
-takes a fixed latency (scripts/bench/sleepy_tool_env.py), GRPO on the tiny policy.
+"""rollout.mode sync vs one_step vs async where someone waits, and partial rollouts
+(finish vs resume) on a long tail. GRPO on the tiny policy, agentic trajectories whose
+tool sleeps (scripts/bench/sleepy_tool_env.py).
 
-Per step, sync runs generate (+ the tool's wait) -> train -> sync one after the other;
-one_step generates the next step's batch, tools included, while this step trains. On 2
-CPU cores generation and training compete for the cores, so what one_step can hide is
-the waiting: reported is the steady-state step time of each mode (median over the steps
-after the first two, before the last), the tool wait per step, and the share of it one_step hid:
-(sync - one_step) / tool wait. Both runs in one process, one after the other, same seeds.
+1. Fixed tool latency: sync runs generate (+ the tool's wait) -> train -> sync one after
+   the other; one_step generates the next step's batch, tools included, while this step
+   trains; async (max_staleness 2) keeps two batches ahead. On 2 CPU cores generation and
+   training compete for the cores, so what the overlap can hide is the waiting: reported
+   is the steady-state step time of each mode (median over the steps after the first two,
+   before the last two), and the share of the tool wait hidden: (sync - mode) / latency.
+2. Long tail (`--tail`): most tools answer in 0.2 s, one trajectory in 16 waits the tail.
+   async with rollout.partial finish: the weight sync waits for the batch in flight (its
+   slowest trajectory); resume: the sync pauses the engine between steps and the slow
+   trajectories go on under the new weights. Reported: the trainer's idle time per step,
+   timing/wait_rollout (waiting for its batch) + timing/sync (the sync, incl. waiting
+   for the engine).
 
-    .venv/bin/python scripts/bench/bench_async.py [--steps 8] [--latency 1.0]
+All runs in one process, one after the other, same seeds.
+
+    .venv/bin/python scripts/bench/bench_async.py [--steps 8] [--latency 2.0] [--tail 6.0]
 """
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ from pathlib import Path
 from common import ROOT, format_table, machine_info, ray_like_pipeline, save_result
 
 
-def run_mode(mode: str, steps: int, latency: float, out: Path) -> list[dict]:
+def run_mode(name: str, overrides: list[str], steps: int, env_kwargs: str, out: Path) -> list[dict]:
     from rlhf.config import load_config
     from rlhf.controller import PPOTrainer
     from rlhf.metrics import read_metrics
@@ -29,38 +38,67 @@ def run_mode(mode: str, steps: int, latency: float, out: Path) -> list[dict]:
     env = ROOT / "scripts" / "bench" / "sleepy_tool_env.py"
     cfg = load_config(ROOT / "recipes" / "grpo_tiny.yaml", [
         f"run.total_steps={steps}", "run.save_every=0", "run.eval_every=0", "data.eval_path=null",
-        "run.export_hf=false", "run.plots=false", f"run.output_dir={out}", f"run.name={mode}",
-        f"rollout.mode={mode}", "algorithm.tis_cap=2.0", f"rollout.agent.environment={env}:SleepyTool",
-        f"rollout.agent.env_kwargs={{latency_s: {latency}}}", "rollout.agent.max_turns=2",
+        "run.export_hf=false", "run.plots=false", f"run.output_dir={out}", f"run.name={name}",
+        "algorithm.tis_cap=2.0", f"rollout.agent.environment={env}:SleepyTool",
+        f"rollout.agent.env_kwargs={env_kwargs}", "rollout.agent.max_turns=2",
         "rollout.agent.max_total_tokens=24", "rollout.agent.stop=[]", "rollout.agent.tool_timeout_s=60",
-        "reward.functions=[]"])
+        "reward.functions=[]", *overrides])
+    print(f"[bench] {name}: {' '.join(overrides)}", flush=True)
     return [r for r in read_metrics(run_to_end(PPOTrainer(cfg)).run_dir) if r["step"] > 0]
+
+
+def steady(records: list[dict], key: str) -> float:
+    """Median over the steady steps: after the first two, before the last two (nothing ahead there)."""
+    return statistics.median(r.get(key, 0.0) for r in records[2:-2])
+
+
+def summary(records: list[dict]) -> dict:
+    return {"step_s": steady(records, "timing/step"), "wait_rollout_s": steady(records, "timing/wait_rollout"),
+            "sync_s": steady(records, "timing/sync"),
+            "idle_s": steady([{**r, "idle": r.get("timing/wait_rollout", 0.0) + r.get("timing/sync", 0.0)}
+                              for r in records], "idle"),
+            "staleness_mean": statistics.mean(r.get("async/staleness_mean", 0.0) for r in records),
+            "resumed_frac": statistics.mean(r.get("async/resumed_frac", 0.0) for r in records),
+            "reward_mean": statistics.mean(r["rollout/reward_mean"] for r in records)}
+
+
+ASYNC = ["rollout.mode=async", "rollout.max_staleness=2"]
+MODES = {"sync": ["rollout.mode=sync"], "one_step": ["rollout.mode=one_step"], "async": ASYNC}
+PARTIAL = {"async finish": [*ASYNC, "rollout.partial=finish"], "async resume": [*ASYNC, "rollout.partial=resume"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--latency", type=float, default=1.0, help="seconds the tool takes per call")
+    ap.add_argument("--latency", type=float, default=2.0, help="seconds the tool takes per call (part 1)")
+    ap.add_argument("--tail", type=float, default=6.0, help="seconds of the slow tools of part 2 (0: skip it)")
+    ap.add_argument("--only", choices=("latency", "tail"), help="run one part only")
     args = ap.parse_args()
     machine = machine_info()
     print(f"[bench] {machine['cpu']}, {machine['cores']} cores, avx512_bf16={machine['avx512_bf16']}", flush=True)
     ray_like_pipeline()
-    # steady state: after the first two steps, before the last (one_step has nothing ahead there)
-    steady = lambda records, key: statistics.median(r.get(key, 0.0) for r in records[2:-1])  # noqa: E731
-    results = {}
+    result = {"steps": args.steps, "latency_s": args.latency, "tail_s": args.tail}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("sync", "one_step"):
-            records = run_mode(mode, args.steps, args.latency, Path(tmp))
-            results[mode] = {"step_s": steady(records, "timing/step"),
-                             "wait_rollout_s": steady(records, "timing/wait_rollout"),
-                             "reward_mean": statistics.mean(r["rollout/reward_mean"] for r in records)}
-    hidden = (results["sync"]["step_s"] - results["one_step"]["step_s"]) / args.latency
-    rows = [[mode, r["step_s"], r["wait_rollout_s"], r["reward_mean"]] for mode, r in results.items()]
-    print(format_table(["mode", "s/step (median, steps 3+)", "trainer waits s/step", "reward mean"], rows))
-    print(f"tool latency per step: {args.latency:.2f} s; hidden by one_step: {hidden:.0%}; "
-          f"speed-up {results['sync']['step_s'] / results['one_step']['step_s']:.2f}x")
-    save_result("async", {"latency_s": args.latency, "steps": args.steps, "modes": results,
-                          "tool_latency_hidden": hidden})
+        if args.only != "tail":
+            modes = {name: summary(run_mode(name.replace(" ", "_"), o, args.steps,
+                                            f"{{latency_s: {args.latency}}}", Path(tmp)))
+                     for name, o in MODES.items()}
+            for r in modes.values():
+                r["latency_hidden"] = (modes["sync"]["step_s"] - r["step_s"]) / args.latency
+            print(format_table(["mode", "s/step", "trainer waits s/step", "latency hidden", "staleness", "reward"],
+                               [[m, r["step_s"], r["wait_rollout_s"], f"{r['latency_hidden']:.0%}",
+                                 r["staleness_mean"], r["reward_mean"]] for m, r in modes.items()]))
+            result["modes"] = modes
+        if args.tail and args.only != "latency":
+            kwargs = f"{{latency_s: 0.2, tail_s: {args.tail}, tail_every: 16}}"
+            tail = {name: summary(run_mode(name.replace(" ", "_"), o, args.steps, kwargs, Path(tmp)))
+                    for name, o in PARTIAL.items()}
+            print(format_table(["long tail", "s/step", "trainer idle s/step (wait + sync)", "wait_rollout",
+                                "sync", "resumed samples", "staleness"],
+                               [[m, r["step_s"], r["idle_s"], r["wait_rollout_s"], r["sync_s"],
+                                 f"{r['resumed_frac']:.0%}", r["staleness_mean"]] for m, r in tail.items()]))
+            result["long_tail"] = tail
+    save_result("async", result)
 
 
 if __name__ == "__main__":

@@ -276,6 +276,11 @@ def test_critic_warmup_validation(overrides, needle):
     (["rollout.mode=async", "algorithm.tis_cap=2", "rollout.sleep_between_steps=true"],
      "config key 'rollout.sleep_between_steps'"),
     (["rollout.mode=eventually"], "config key 'rollout.mode'"),
+    (["rollout.partial=resume"], "config key 'rollout.partial' is 'resume', which needs rollout.mode=async"),
+    (["rollout.mode=async", "rollout.max_staleness=0", "rollout.partial=resume"], "config key 'rollout.partial'"),
+    (["rollout.mode=async", "algorithm.tis_cap=2", "rollout.partial=resume", "actor.lora.rank=8"],
+     "config key 'rollout.partial' is 'resume', not supported with an adapter-only sync"),
+    (["rollout.partial=later"], "config key 'rollout.partial'"),
 ])
 def test_overlap_modes_refuse_bad_combinations_naming_the_key(overrides, needle):
     with pytest.raises(ConfigError) as err:
