@@ -69,3 +69,21 @@ def test_async_runs_k_batches_ahead_with_bounded_lag_and_resumes_exactly(ray_ses
         assert rb["rollout/weight_version"] == ra["rollout/weight_version"]
         for key in ("actor/pg_loss", "kl/mean", "actor/is_weight_mean"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-3, abs=1e-5), key
+
+
+def test_async_with_partial_resume_syncs_beside_the_generation(ray_session, tiny, tmp_path):
+    """Agentic trajectories whose tool waits: with rollout.partial resume the weight sync goes
+    through while batches are generating; the lag stays bounded by max_staleness."""
+    env = ROOT / "scripts" / "bench" / "sleepy_tool_env.py"
+    records = read_metrics(run(tmp_path / "r", "run.total_steps=4", "run.save_every=0", *ASYNC,
+                               "rollout.partial=resume", f"rollout.agent.environment={env}:SleepyTool",
+                               "rollout.agent.env_kwargs={latency_s: 3.0}", "rollout.agent.max_turns=2",
+                               "rollout.agent.max_total_tokens=24", "rollout.agent.stop=[]", "reward.functions=[]"))
+    steps = [r for r in records if r["step"] > 0]
+    assert len(steps) == 4
+    for r in steps:
+        assert 0 <= r["async/staleness_max"] <= 2 and 0 <= r["async/resumed_frac"] <= 1
+        assert r["sync/seconds"] < 1.0  # never waits for a tool (3 s) or a batch in flight
+    # a batch takes >= 3 s (the tool) and two are launched ahead: the engine is busy at the
+    # syncs, and trajectories in flight write their next turn under the new weights
+    assert any(r["async/resumed_frac"] > 0 for r in steps)
