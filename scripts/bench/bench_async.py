@@ -4,11 +4,13 @@ tool sleeps (scripts/bench/sleepy_tool_env.py).
 
 1. Fixed tool latency: sync runs generate (+ the tool's wait) -> train -> sync one after
    the other; one_step generates the next step's batch, tools included, while this step
-   trains; async (max_staleness 2) keeps two batches ahead. On 2 CPU cores generation and
+   trains; async (max_staleness 2) keeps two batches ahead, with rollout.partial finish
+   (the sync waits for what the engine runs) or resume (it pauses the engine). On 2 CPU cores generation and
    training compete for the cores, so what the overlap can hide is the waiting: reported
    is the steady-state step time of each mode (median over the steps after the first two,
    before the last two), and the share of the tool wait hidden: (sync - mode) / latency.
-2. Long tail (`--tail`): most tools answer in 0.2 s, one trajectory in 16 waits the tail.
+2. Long tail (`--tail`): most tools answer in 0.2 s, one trajectory in `--tail-every`
+   (16; 128 trajectories per step) waits the tail.
    async with rollout.partial finish: the weight sync waits for the batch in flight (its
    slowest trajectory); resume: the sync pauses the engine between steps and the slow
    trajectories go on under the new weights. Reported: the trainer's idle time per step,
@@ -57,13 +59,18 @@ def summary(records: list[dict]) -> dict:
             "sync_s": steady(records, "timing/sync"),
             "idle_s": steady([{**r, "idle": r.get("timing/wait_rollout", 0.0) + r.get("timing/sync", 0.0)}
                               for r in records], "idle"),
+            # a long tail shows in the mean, not the median: the steps whose sync met the slow batch
+            "idle_mean_s": statistics.mean(r.get("timing/wait_rollout", 0.0) + r.get("timing/sync", 0.0)
+                                           for r in records[2:-2]),
+            "step_mean_s": statistics.mean(r["timing/step"] for r in records[2:-2]),
             "staleness_mean": statistics.mean(r.get("async/staleness_mean", 0.0) for r in records),
             "resumed_frac": statistics.mean(r.get("async/resumed_frac", 0.0) for r in records),
             "reward_mean": statistics.mean(r["rollout/reward_mean"] for r in records)}
 
 
 ASYNC = ["rollout.mode=async", "rollout.max_staleness=2"]
-MODES = {"sync": ["rollout.mode=sync"], "one_step": ["rollout.mode=one_step"], "async": ASYNC}
+MODES = {"sync": ["rollout.mode=sync"], "one_step": ["rollout.mode=one_step"],
+         "async finish": [*ASYNC, "rollout.partial=finish"], "async resume": [*ASYNC, "rollout.partial=resume"]}
 PARTIAL = {"async finish": [*ASYNC, "rollout.partial=finish"], "async resume": [*ASYNC, "rollout.partial=resume"]}
 
 
@@ -72,17 +79,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--latency", type=float, default=2.0, help="seconds the tool takes per call (part 1)")
     ap.add_argument("--tail", type=float, default=6.0, help="seconds of the slow tools of part 2 (0: skip it)")
+    ap.add_argument("--tail-every", type=int, default=16, help="part 2: one trajectory in this many waits the tail")
     ap.add_argument("--only", choices=("latency", "tail"), help="run one part only")
+    ap.add_argument("--name", default="async", help="results/<name>.json")
+    ap.add_argument("--modes", default=",".join(MODES), help="part 1's modes, comma-separated (sync always runs)")
     args = ap.parse_args()
     machine = machine_info()
     print(f"[bench] {machine['cpu']}, {machine['cores']} cores, avx512_bf16={machine['avx512_bf16']}", flush=True)
     ray_like_pipeline()
-    result = {"steps": args.steps, "latency_s": args.latency, "tail_s": args.tail}
+    result = {"steps": args.steps, "latency_s": args.latency, "tail_s": args.tail, "tail_every": args.tail_every}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only != "tail":
             modes = {name: summary(run_mode(name.replace(" ", "_"), o, args.steps,
                                             f"{{latency_s: {args.latency}}}", Path(tmp)))
-                     for name, o in MODES.items()}
+                     for name, o in MODES.items() if name == "sync" or name in args.modes.split(",")}
             for r in modes.values():
                 r["latency_hidden"] = (modes["sync"]["step_s"] - r["step_s"]) / args.latency
             print(format_table(["mode", "s/step", "trainer waits s/step", "latency hidden", "staleness", "reward"],
@@ -90,15 +100,15 @@ def main() -> None:
                                  r["staleness_mean"], r["reward_mean"]] for m, r in modes.items()]))
             result["modes"] = modes
         if args.tail and args.only != "latency":
-            kwargs = f"{{latency_s: 0.2, tail_s: {args.tail}, tail_every: 16}}"
+            kwargs = f"{{latency_s: 0.2, tail_s: {args.tail}, tail_every: {args.tail_every}}}"
             tail = {name: summary(run_mode(name.replace(" ", "_"), o, args.steps, kwargs, Path(tmp)))
                     for name, o in PARTIAL.items()}
-            print(format_table(["long tail", "s/step", "trainer idle s/step (wait + sync)", "wait_rollout",
-                                "sync", "resumed samples", "staleness"],
-                               [[m, r["step_s"], r["idle_s"], r["wait_rollout_s"], r["sync_s"],
+            print(format_table(["long tail", "s/step median", "s/step mean", "trainer idle median (wait + sync)",
+                                "trainer idle mean", "resumed samples", "staleness"],
+                               [[m, r["step_s"], r["step_mean_s"], r["idle_s"], r["idle_mean_s"],
                                  f"{r['resumed_frac']:.0%}", r["staleness_mean"]] for m, r in tail.items()]))
             result["long_tail"] = tail
-    save_result("async", result)
+    save_result(args.name, result)
 
 
 if __name__ == "__main__":
