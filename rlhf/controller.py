@@ -60,8 +60,7 @@ class PPOTrainer:
         self.paths = self._resolve_models()
         self._check_lora()
         self.tokenizer = load_tokenizer("model.policy", self.paths["policy"])
-        tools = self._agent_tools()
-        cfg = self.cfg  # with the agent's files resolved
+        tools = self._prompt_tools()
         self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer, tools=tools)
         self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size,
                                       tools=tools) if cfg.data.eval_path else None)
@@ -92,17 +91,14 @@ class PPOTrainer:
         if self.cfg.critic.lora.enabled and self.cfg.algorithm.uses_critic:
             check_lora(self.cfg.critic.lora, self.paths["critic"], "critic.lora", value_head=True)
 
-    def _agent_tools(self) -> list[dict] | None:
-        """Agentic runs: environment and tool files made absolute (every rollout worker loads
-        the same ones, whatever its cwd); the tool schemas the prompts describe."""
+    def _prompt_tools(self) -> list[dict] | None:
+        """Agentic runs: the JSON schemas of the tools the prompts describe (rollout.agent.tools_in_prompt)."""
         agent = self.cfg.rollout.agent
-        if not agent.enabled:
+        if not (agent.enabled and agent.tools_in_prompt):
             return None
-        from rlhf.agent.env import resolve_agent_specs, tool_schemas
+        from rlhf.agent.env import tool_schemas
 
-        agent = resolve_agent_specs(agent, os.getcwd())
-        self.cfg = dataclasses.replace(self.cfg, rollout=dataclasses.replace(self.cfg.rollout, agent=agent))
-        return tool_schemas(agent) if agent.tools_in_prompt else None
+        return tool_schemas(agent)
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
