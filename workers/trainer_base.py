@@ -543,7 +543,7 @@ class DeepSpeedTrainer(RankWorker):
 
     @property
     def packing(self) -> bool | str:
-        return packing_mode(getattr(self.train_cfg, "packing", "never"))  # the SFT / RM stages' sections have no key
+        return packing_mode(self.train_cfg.packing)
 
     def train_micro_batches(self, mini: Batch) -> list[Tensor]:
         """Row indices of the micro-batches of this rank's part of a mini-batch: grad_accum
