@@ -21,7 +21,7 @@ import torch
 from rlhf import checkpoint as ckpt
 from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs, make_kl_controller, masked_mean
 from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
-from rlhf.batch import Batch, cat_rows
+from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
@@ -260,9 +260,10 @@ class PPOTrainer:
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             if batch.old_logprobs is None:  # on-policy: the update's forward scores them
-                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, **sampling))
+                refs = self.actor.call_split("update_on_policy", batch, **sampling)
+                results = self.actor.gather(refs)
                 actor_metrics = results[0][0]
-                batch = batch.replace(old_logprobs=cat_rows([old for _, old in results]))
+                batch = batch.replace(old_logprobs=self.actor.rows_in_order(refs, [old for _, old in results]))
             else:
                 actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
