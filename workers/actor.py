@@ -18,7 +18,8 @@ from rlhf.algorithms import (
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
 from workers import device as dev
-from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer
+from workers.forwards import load_causal_lm, response_logprobs
 
 
 class ActorWorker(DeepSpeedTrainer):

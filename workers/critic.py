@@ -1,7 +1,7 @@
 """The value trainer: a one-output per-token head on a transformer backbone.
 
 Initialised from a reward model (its `score` head is reused) or from the policy (new
-head, seeded): see `workers.trainer_base.load_value_model`. The value of response
+head, seeded): see `workers.forwards.load_value_model`. The value of response
 token j is read at column P+j-1, the state before the token is emitted, aligned
 with the actor's log-prob of that token.
 """
@@ -13,7 +13,8 @@ from torch import Tensor
 from rlhf.algorithms import explained_variance, masked_mean, value_loss
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
-from workers.trainer_base import DeepSpeedTrainer, load_value_model, response_values
+from workers.trainer_base import DeepSpeedTrainer
+from workers.forwards import load_value_model, response_values
 
 
 class CriticWorker(DeepSpeedTrainer):

@@ -13,7 +13,8 @@ from rlhf.batch import Batch
 from rlhf.packing import packing_mode
 from rlhf.config.schema import ReferenceSection
 from workers import device as dev
-from workers.trainer_base import RankWorker, load_causal_lm, response_logprobs, zero3_sharded_loading
+from workers.trainer_base import RankWorker, zero3_sharded_loading
+from workers.forwards import load_causal_lm, response_logprobs
 
 
 class ReferenceWorker(RankWorker):

@@ -13,7 +13,8 @@ from torch import Tensor
 from rlhf.batch import Batch
 from rlhf.packing import packing_mode
 from workers import device as dev
-from workers.trainer_base import RankWorker, last_token_scores, load_value_model
+from workers.trainer_base import RankWorker
+from workers.forwards import last_token_scores, load_value_model
 
 _EPS = 1e-6
 

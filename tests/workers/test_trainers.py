@@ -403,7 +403,7 @@ def test_worker_error_names_role_rank_and_method_quickly(actor_z2, batch):
 def test_value_model_reuses_scorer_head_and_seeds_new_head(paths):
     from transformers import AutoModelForSequenceClassification
 
-    from workers.trainer_base import load_value_model
+    from workers.forwards import load_value_model
 
     scorer = AutoModelForSequenceClassification.from_pretrained(paths["scorer"], dtype=torch.float32)
     from_scorer = load_value_model(paths["scorer"], seed=0)
