@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.batch import Batch
 from rlhf.config.schema import TrainerSection
 from rlhf.config.stages import StageBatchSection
+from tests.workers.test_trainers import make_batch
 
 pytestmark = pytest.mark.integration
 
@@ -21,20 +21,6 @@ ROWS = [("12+34=", "46"), ("5+6=", "11111111"), ("70+29=", "99"), ("3+4=", "7777
         ("41+8=", "49494949494949"), ("66+13=", "79"), ("9+90=", "99999"), ("25+25=", "5")]
 BUDGET = 24
 CPUS = 0.25
-
-
-def make_batch(tok) -> Batch:
-    """Prompts left-padded, responses (digits + EOS) right-padded (rlhf/batch.py)."""
-    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p, _ in ROWS]
-    responses = [tok(r, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for _, r in ROWS]
-    P, R = max(map(len, prompts)), max(map(len, responses)) + 1
-    ids = torch.full((len(ROWS), P + R), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, P - len(p):P + len(r)] = torch.tensor(p + r)
-        mask[i, P - len(p):P + len(r)] = 1
-    return Batch(input_ids=ids, attention_mask=mask, response_mask=mask[:, P:].float(),
-                 group_ids=torch.arange(len(ROWS)))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +59,7 @@ def _step_and_compare(padded, packed, batch, prefix, **kwargs):
 def test_sft_packed_token_budget_step_equals_padded(ray_session, tiny, tok):
     from workers.sft import SFTWorker
 
-    batch = make_batch(tok)
+    batch = make_batch(tok, ROWS)
     padded, packed = _pair(SFTWorker, tiny["policy"], "sft", budget=BUDGET)
     try:
         plan = _one(packed, "train_micro_batches", batch)
@@ -93,7 +79,7 @@ def test_sft_packed_token_budget_step_equals_padded(ray_session, tiny, tok):
 def test_reward_model_packed_step_equals_padded(ray_session, tiny, tok):
     from workers.rm_trainer import RewardTrainerWorker
 
-    batch = make_batch(tok)
+    batch = make_batch(tok, ROWS)
     padded, packed = _pair(RewardTrainerWorker, tiny["scorer"], "rm")
     try:
         torch.testing.assert_close(packed.run_split("score", batch), padded.run_split("score", batch),
@@ -108,7 +94,7 @@ def test_reward_model_packed_step_equals_padded(ray_session, tiny, tok):
 def test_dpo_packed_step_equals_padded(ray_session, tiny, tok):
     from workers.dpo_trainer import DPOTrainerWorker
 
-    batch = make_batch(tok)
+    batch = make_batch(tok, ROWS)
     padded, packed = _pair(DPOTrainerWorker, tiny["policy"], "dpo")
     try:
         _step_and_compare(padded, packed, batch, "dpo", beta=0.1)
