@@ -19,7 +19,7 @@ PANELS = [
 PHASE_COLORS = {"generate": "tab:blue", "reward": "tab:orange", "logprobs": "tab:green",
                 "logprobs_values": "yellowgreen", "values": "tab:cyan", "advantages": "tab:pink",
                 "update": "tab:red", "sync": "tab:purple", "checkpoint": "tab:brown", "eval": "tab:gray",
-                "wait_rollout": "gainsboro"}
+                "sleep": "tab:olive", "wait_rollout": "gainsboro"}
 
 
 def _pyplot():

@@ -99,10 +99,15 @@ def role_pid(role: str) -> int:
     return ROLE_ORDER.index(role) + 1 if role in ROLE_ORDER else len(ROLE_ORDER) + 1
 
 
+def role_tid(role: str, rank: int) -> int:
+    """The Chrome trace `tid` of a rank: unique across roles (Perfetto keys threads by tid)."""
+    return role_pid(role) * 1000 + rank
+
+
 def span_event(phase: str, start: float, end: float, role: str, rank: int, step: int, **args) -> dict:
     """A Chrome trace complete event ("X"), times in microseconds since the epoch."""
     return {"name": phase, "cat": role, "ph": "X", "ts": round(start * 1e6), "dur": max(round((end - start) * 1e6), 0),
-            "pid": role_pid(role), "tid": rank, "args": {"step": step, **args}}
+            "pid": role_pid(role), "tid": role_tid(role, rank), "args": {"step": step, **args}}
 
 
 def step_events(step: int, began: float, ended: float, driver_spans, worker_logs) -> list[dict]:
@@ -160,7 +165,7 @@ class Trace:
             if e.get("ph") == "M" and e.get("name") == "thread_name":
                 names[(e["pid"], e["tid"])] = e["args"]["name"]
         live = [e for e in events if e.get("ph") == "X" and not e.get("args", {}).get("rolled_back")]
-        steps_key = (role_pid(CONTROLLER), 1)
+        steps_key = (role_pid(CONTROLLER), role_tid(CONTROLLER, 1))
         windows: dict[int, tuple[float, float]] = {}
         self.spans: dict[str, list[dict]] = {}  # track -> its events
         for e in live:
@@ -248,7 +253,7 @@ class TraceRecorder:
             meta.append({"name": "process_sort_index", "ph": "M", "pid": role_pid(role),
                          "args": {"sort_index": role_pid(role)}})
         for role, rank in self.tracks:
-            meta.append({"name": "thread_name", "ph": "M", "pid": role_pid(role), "tid": rank,
+            meta.append({"name": "thread_name", "ph": "M", "pid": role_pid(role), "tid": role_tid(role, rank),
                          "args": {"name": track_name(role, rank)}})
         data = {"traceEvents": meta + self.events, "displayTimeUnit": "ms",
                 "otherData": {"tracks": [{"key": list(k), "info": v} for k, v in self.tracks.items()]}}

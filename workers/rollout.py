@@ -256,6 +256,7 @@ class RolloutWorker(Traced):
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
+    @traced("sleep")
     def sleep(self, level: int = 1) -> dict:
         """GPU: free the engine's memory while the trainer runs. Level 2 drops the weights
         too (no host copy): for when a weight sync follows anyway; level 1 keeps them in host
@@ -271,6 +272,7 @@ class RolloutWorker(Traced):
         self._sleeping = True
         return {"slept": True, "freed_gib": min(a - b for a, b in zip(after, before)) / 2**30}
 
+    @traced("sleep")
     def wake_up(self, tags: list[str] | None = None) -> bool:
         """Reallocate what `sleep` freed: `tags` ["weights"] first (then sync into them),
         ["kv_cache"] after the sync, so the KV cache and a sync's buffers never coexist;
