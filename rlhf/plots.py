@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf.metrics import read_metrics
+from rlhf.metrics import read_metrics, say
 from rlhf.trace import IDLE_PHASES, TRACE_FILE, load_trace
 
 PANELS = [
@@ -54,7 +54,10 @@ def plot_run(run_dir: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     if (run_dir / TRACE_FILE).exists():
-        plot_timeline(run_dir)
+        try:
+            plot_timeline(run_dir)
+        except ValueError as err:  # e.g. every step rolled back: the curves still stand
+            say(f"no timeline.png: {err}")
     return out
 
 

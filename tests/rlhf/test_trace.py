@@ -73,16 +73,15 @@ def _step_data(step, t0):
 def test_step_events_tracks_phases_and_busy_fractions():
     events = step_events(*_step_data(1, 1000.0))
     rec = TraceRecorder.__new__(TraceRecorder)
-    rec.events, rec.tracks = events, {("controller", 0): {}, ("controller", 1): {}, ("rollout", 0): {},
-                                      ("actor", 0): {}, ("actor", 1): {}}
-    data = rec.to_json()
+    rec.tracks = {("controller", 0): {}, ("controller", 1): {}, ("rollout", 0): {}, ("actor", 0): {}, ("actor", 1): {}}
+    data = {"traceEvents": rec._metadata() + events}
     trace = Trace(data)
     assert trace.tracks == ["controller", "rollout engine 0", "actor rank 0", "actor rank 1"]
     assert trace.windows == {1: (1000.0, 1010.0)}
     engine = [(e["name"], e["args"]["method"]) for e in trace.spans["rollout engine 0"]]
     assert engine == [("generate", "generate"), ("eval", "generate")]
     assert all(e["ph"] == "X" and e["args"]["step"] == 1 for e in events)
-    busy = data["otherData"]["busy_fraction"]
+    busy = trace.busy_fractions()
     # controller: 10 s window, wait_rollout (1 s) is idle
     assert busy == pytest.approx({"controller": 0.9, "rollout engine 0": 0.46, "actor rank 0": 0.4,
                                   "actor rank 1": 0.2})
@@ -132,6 +131,9 @@ def test_recorder_rewrites_per_step_and_a_resume_continues(tmp_path):
     assert list(trace.windows) == [1, 2, 3, 4]
     assert trace.windows[3][0] == 1000.0 + 60  # the redone step 3, not the rolled-back one
     assert sum(e["args"]["step"] == 3 for e in trace.spans["actor rank 0"]) == 1
+    # summed step by step across the two attempts = recomputed from the file
+    assert data["otherData"]["busy_fraction"] == pytest.approx(trace.busy_fractions())
+    assert data["otherData"]["busy_fraction"]["rollout engine 0"] == pytest.approx(0.46)
 
 
 def test_timeline_png_and_cli(tmp_path, capsys):
