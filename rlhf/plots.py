@@ -94,7 +94,9 @@ def plot_timeline(run_dir: str | Path, last: int = 3, out: str | Path | None = N
     ax.set_xlim(0, hi - lo)
     ax.set_xlabel(f"seconds since the start of step {steps[0]}")
     ax.set_title(f"{Path(run_dir).name}: steps {steps[0]}-{steps[-1]}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [p for p in PHASE_COLORS if p in handles] + sorted(set(handles) - set(PHASE_COLORS))
+    ax.legend([handles[p] for p in order], order, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "timeline.png"
