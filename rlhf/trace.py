@@ -257,9 +257,17 @@ class TraceRecorder:
 
     def end_step(self, step: int, began: float, driver_spans, groups, ended: float | None = None) -> None:
         """Add step `step` (its window: `began` to `ended`, default now): the controller's
-        spans and those collected from every rank of `groups`, then rewrite the file."""
+        spans and those collected from every rank of `groups`, then rewrite the file. A rank
+        that died since (its step is checkpointed: a restart resumes after it) loses only the
+        workers' spans of the step: its window and the controller's spans are still written."""
         ended = time.time() if ended is None else ended
-        logs = collect(groups)
+        logs = []
+        try:
+            logs = collect(groups)
+        finally:
+            self._add(step, began, ended, driver_spans, logs)
+
+    def _add(self, step: int, began: float, ended: float, driver_spans, logs) -> None:
         for role, rank, log in logs:
             self.tracks[(role, rank)] = {"host": log["host"], "os_pid": log["pid"]}
         self.tracks[(CONTROLLER, 0)] = {"host": socket.gethostname(), "os_pid": os.getpid()}

@@ -136,6 +136,18 @@ def test_recorder_rewrites_per_step_and_a_resume_continues(tmp_path):
     assert data["otherData"]["busy_fraction"]["rollout engine 0"] == pytest.approx(0.46)
 
 
+def test_a_dead_rank_loses_only_its_spans_of_the_step(tmp_path):
+    class Dead(FakeGroup):
+        def gather(self, refs):
+            raise RuntimeError("actor rank 0 died in take_spans")
+
+    _, t0, t1, driver, workers = _step_data(1, 1000.0)
+    with pytest.raises(RuntimeError, match="died"):
+        TraceRecorder(tmp_path).end_step(1, t0, driver, [Dead("actor", [])], ended=t1)
+    trace = load_trace(tmp_path)
+    assert trace.windows == {1: (1000.0, 1010.0)} and trace.tracks == ["controller"]
+
+
 def test_timeline_png_and_cli(tmp_path, capsys):
     _record(tmp_path, [1, 2, 3])
     out = tmp_path / "t.png"
