@@ -2,7 +2,8 @@
 
     rlhf train recipes/ppo_tiny.yaml [key=value ...]   PPO/GRPO/... run (starts or joins Ray)
     rlhf check recipes/ppo_tiny.yaml [key=value ...]   validate a recipe, print the resolved config
-    rlhf plot runs/<run_dir>                           PNG curves of a run
+    rlhf plot runs/<run_dir>                           PNG curves of a run (and its timeline)
+    rlhf timeline runs/<run_dir> [--last N] [--out P]  PNG Gantt chart of the last N steps (trace.json)
     rlhf sft recipes/sft_tiny.yaml [key=value ...]     supervised fine-tuning (rlhf.sft)
     rlhf rm recipes/rm_tiny.yaml [key=value ...]       reward-model training (rlhf.rm)
     rlhf dpo recipes/dpo_tiny.yaml [key=value ...]     direct preference optimization (rlhf.dpo)
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. actor.lr=1e-5")
     p = sub.add_parser("plot", help="write curves.png for a run directory")
     p.add_argument("run_dir")
+    p = sub.add_parser("timeline", help="write timeline.png (Gantt chart of trace.json) for a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--last", type=int, default=3, help="how many of the last steps to draw (default 3)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/timeline.png)")
     args = parser.parse_args(argv)
 
     from rewards.types import RewardError
@@ -37,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
             from rlhf.plots import plot_run
 
             print(plot_run(args.run_dir))
+            return 0
+        if args.command == "timeline":
+            from rlhf.plots import plot_timeline
+
+            print(plot_timeline(args.run_dir, args.last, args.out))
             return 0
         if args.command in ("sft", "rm", "dpo"):
             return run_stage(args.command, args.recipe, args.overrides)

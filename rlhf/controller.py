@@ -31,6 +31,7 @@ from rlhf.generation import Generated, collect, generate, launch, reward_columns
 from rlhf.group_filter import GroupFilter, SampledRound
 from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
+from rlhf.trace import TraceRecorder
 from rlhf.trajectory_buffer import TrajectoryBuffer, staleness_metrics
 
 
@@ -81,6 +82,7 @@ class PPOTrainer:
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
         rewind_to = start_step if resume_from else (-1 if cfg.run.resume == "auto" else None)
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg), resume_step=rewind_to)
+        self.trace = TraceRecorder(self.run_dir, resume_step=rewind_to)  # trace.json: the step timeline
 
     def _check_lora(self) -> None:
         """actor.lora / critic.lora against the models (rlhf.lora.check_lora), before any worker."""
@@ -435,20 +437,25 @@ class PPOTrainer:
         cfg = self.cfg.run
         eval_metrics = {}
         if self.step_index == 0 and self.eval_set is not None:
-            eval_metrics = self.evaluate()
+            with self.timer.span("eval"):
+                eval_metrics = self.evaluate()
             self.logger.log(0, eval_metrics)
             print_progress(progress_line(0, cfg.total_steps, eval_metrics))
         while self.step_index < cfg.total_steps:
+            step_began = time.time()
             metrics = self.step()
             self.step_index += 1
             last = self.step_index == cfg.total_steps
             if self.eval_set is not None and (last or (cfg.eval_every and self.step_index % cfg.eval_every == 0)):
-                eval_metrics = self.evaluate()
+                with self.timer.span("eval"):
+                    eval_metrics = self.evaluate()
                 metrics.update(eval_metrics)
             self.logger.log(self.step_index, metrics)
             print_progress(progress_line(self.step_index, cfg.total_steps, metrics))
             if last or (cfg.save_every and self.step_index % cfg.save_every == 0):
-                self.save_checkpoint()
+                with self.timer.span("checkpoint"):
+                    self.save_checkpoint()
+            self.trace.end_step(self.step_index, step_began, self.timer.take_spans(), self.roles.groups())
         return eval_metrics
 
     def finish(self) -> None:

@@ -13,8 +13,9 @@ from torch import Tensor
 from rlhf.algorithms import explained_variance, masked_mean, value_loss
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
-from workers.trainer_base import DeepSpeedTrainer
+from rlhf.trace import traced
 from workers.forwards import load_value_model, response_values
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class CriticWorker(DeepSpeedTrainer):
@@ -29,12 +30,14 @@ class CriticWorker(DeepSpeedTrainer):
     def load_model(self, dtype: torch.dtype):
         return load_value_model(self.model_path, self.seed, dtype)
 
+    @traced("values")
     @torch.no_grad()
     def compute_values(self, batch: Batch) -> Tensor:
         """Values of this rank's response tokens. Shape: (b, P+R) -> (b, R) float32 on CPU."""
         self.engine.eval()
         return self.infer(batch, lambda mb: response_values(self.engine, mb, device=self.device, packed=self.packing))
 
+    @traced("update")
     def update(self, batch: Batch) -> dict[str, float]:
         """Clipped value regression towards batch.returns around batch.values (the values
         before the update), train.ppo_epochs passes. Same metrics on every rank."""

@@ -19,8 +19,8 @@ from torch import Tensor
 
 from rlhf.algorithms import bradley_terry_loss
 from rlhf.batch import Batch
-from workers.trainer_base import DeepSpeedTrainer
 from workers.forwards import last_token_scores, load_value_model, micro_batches
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class RewardTrainerWorker(DeepSpeedTrainer):

@@ -25,6 +25,7 @@ from dataclasses import asdict, is_dataclass
 
 from rlhf.config.schema import AgentSection, RolloutSection
 from rlhf.seeds import derive_seed
+from rlhf.trace import Traced, traced
 from workers import device as dev
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def whole_prefills(model_path: str) -> dict:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_len, 8192)}
 
 
-class RolloutWorker:
+class RolloutWorker(Traced):
     def __init__(self, model_path: str, cfg: RolloutSection | dict, seed: int = 0,
                  weight_transfer: str | None = None, lora_rank: int | None = None):
         device = dev.setup_process_env()
@@ -122,6 +123,7 @@ class RolloutWorker:
         self._agent_env = None  # the environment factory, made on the first agent rollout
 
     # ---------------------------------------------------------------- sampling
+    @traced("generate")
     def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, max_new_tokens: int,
                  stop_token_ids=(), seed: int | None = None) -> dict:
@@ -166,6 +168,7 @@ class RolloutWorker:
         return {"response_ids": response_ids, "logprobs": logprobs, "finish_reasons": finish,
                 "weight_version": self._version}
 
+    @traced("generate")
     def run_agent(self, prompt_token_ids: list[list[int]], samples: list[dict], *, n: int, temperature: float,
                   top_p: float = 1.0, top_k: int = -1, max_new_tokens: int, stop_token_ids=(),
                   seed: int | None = None, chat: bool = False, agent: dict | None = None) -> dict:
@@ -196,6 +199,7 @@ class RolloutWorker:
                            sampling, seeds)
         return {"trajectories": results, "weight_version": self._version}
 
+    @traced("logprobs")
     def score_sequences(self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]) -> list[list[float]]:
         """vLLM's log-probs (T = 1) of each given response token after its prompt."""
         from vllm import SamplingParams
@@ -252,6 +256,7 @@ class RolloutWorker:
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
+    @traced("sleep")
     def sleep(self, level: int = 1) -> dict:
         """GPU: free the engine's memory while the trainer runs. Level 2 drops the weights
         too (no host copy): for when a weight sync follows anyway; level 1 keeps them in host
@@ -267,6 +272,7 @@ class RolloutWorker:
         self._sleeping = True
         return {"slept": True, "freed_gib": min(a - b for a, b in zip(after, before)) / 2**30}
 
+    @traced("sleep")
     def wake_up(self, tags: list[str] | None = None) -> bool:
         """Reallocate what `sleep` freed: `tags` ["weights"] first (then sync into them),
         ["kv_cache"] after the sync, so the KV cache and a sync's buffers never coexist;
@@ -285,9 +291,11 @@ class RolloutWorker:
     def init_weight_receiver(self, spec: dict) -> list[int]:
         return self.llm.collective_rpc("rlhf_init_receiver", args=(spec,))
 
+    @traced("sync")
     def receive_bucket(self, meta: dict) -> int:
         return self.llm.collective_rpc("rlhf_load_bucket", args=(meta,))[0]
 
+    @traced("sync")
     def finish_weight_update(self, version: int) -> dict:
         """Close the update, drop KV blocks computed with old weights, adopt `version`."""
         if version <= self._version:
@@ -299,6 +307,7 @@ class RolloutWorker:
                 "tensors": min(r["tensors"] for r in reports)}
 
     # ---------------------------------------------------------------- weight sync of a LoRA adapter
+    @traced("sync")
     def load_adapter(self, tensors: dict, config: dict, version: int) -> dict:
         """Serve the adapter `tensors` (peft's names; `config`: its adapter_config.json) as
         weight version `version`: written to a per-version folder in shared memory, loaded
@@ -332,6 +341,7 @@ class RolloutWorker:
         return {"version": version, "loras": sorted(self.llm.llm_engine.list_loras())}
 
     # ---------------------------------------------------------------- weight sync by vLLM's engines (GPU)
+    @traced("sync")
     def vllm_weight_update(self, method: str, payload: dict | None = None) -> bool:
         """One step of vLLM's weight-update protocol on every worker of this engine
         (`workers.vllm_transfer.RolloutClient` drives it); the update's end drops the KV

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from rlhf.algorithms import masked_sum
 from rlhf.batch import Batch
-from workers.trainer_base import DeepSpeedTrainer
 from workers.forwards import load_causal_lm, micro_batches, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class SFTWorker(DeepSpeedTrainer):

@@ -28,6 +28,7 @@ from rlhf.config.schema import TrainerSection, TrainSection
 from rlhf.packing import packing_mode
 from rlhf.partition import parts_for_budget
 from rlhf.seeds import derive_seed
+from rlhf.trace import Traced, traced
 from workers import device as dev
 from workers.forwards import plan_micro_batches, row_costs
 
@@ -46,7 +47,7 @@ def free_port() -> int:
 
 
 # ==================================================================== process
-class RankWorker:
+class RankWorker(Traced):
     """One rank of a worker group. Subclasses store their arguments in __init__ and do
     the heavy work (loading, engines) in `setup()`, which runs inside the world."""
 
@@ -414,12 +415,14 @@ class DeepSpeedTrainer(RankWorker):
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     # ---------------------------------------------------------------- checkpoints
+    @traced("checkpoint")
     def save(self, path: str) -> str:
         """Model, optimizer and LR-scheduler state (every rank writes its shards)."""
         self.engine.save_checkpoint(path, tag="state", client_state={"seed": self.seed})
         dist.barrier()
         return path
 
+    @traced("checkpoint")
     def load(self, path: str) -> None:
         load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
