@@ -42,19 +42,32 @@ def plan_command(args) -> int:
             raise ValueError(f"{name} must be >= 1, got {value}")
     lengths = Lengths(args.prompt_tokens or cfg.data.max_prompt_tokens, args.response_tokens or cfg.response_budget)
     shapes = model_shapes(cfg)
-    roof = gpu_roof(cluster.gpu_kind, args.gpu_tflops, args.mfu) if cluster.gpu else local_roof(cfg, shapes, lengths)
+    roof = gpu_roof(cluster.gpu_kind, args.gpu_tflops, args.mfu) if cluster.gpu else local_roof(cfg, shapes, lengths, cluster)
     plan = make_plan(cfg, cluster, roof, lengths, shapes)
     print(json.dumps(to_json(plan), indent=1) if args.json else render(plan))
     return 0 if plan.fits else EXIT_DOES_NOT_FIT
 
 
-def local_roof(cfg, shapes, lengths: Lengths):
-    """This CPU's roof, measured now at the policy's layer shape in the run's dtypes."""
-    from rlhf.plan.build import micro_batch, resolve_dtypes
-    from rlhf.plan.roofs import cpu_roof
+def local_roof(cfg, shapes, lengths: Lengths, cluster=None):
+    """This CPU's roof, measured now: a matmul at the policy's layer shape and a copy, and
+    the rates of the model's own passes (random weights) on the thread counts the phases use."""
+    from rlhf.plan.build import micro_batch, resolve_dtypes, wanted_rates
+    from rlhf.plan.cluster import local_cluster
+    from rlhf.plan.model import config_dict
+    from rlhf.plan.roofs import cpu_roof, model_pass_rates, with_rates
 
+    cluster = cluster or local_cluster()
     dtypes = resolve_dtypes(cfg, gpu=False)
     rows, _ = micro_batch(cfg, cfg.train.max_tokens_per_micro_batch)
     policy = shapes["policy"]
-    return cpu_roof(policy.hidden, policy.intermediate, rows * lengths.width,
-                    -(-cfg.rollout_batch_size // cfg.rollout.num_workers), dtypes["trainer"], dtypes["rollout"])
+    seqs = -(-cfg.rollout_batch_size // cfg.rollout.num_workers)
+    roof = cpu_roof(policy.hidden, policy.intermediate, rows * lengths.width, seqs, dtypes["trainer"], dtypes["rollout"])
+    wanted = wanted_rates(cfg, cluster, shapes, lengths)
+    config = config_dict(cfg.model.policy)
+    context = lengths.prompt + lengths.response // 2
+    rates = model_pass_rates(config, policy, dtypes["trainer"], rows, lengths.width, seqs, context,
+                             {w for w in wanted if w[0] != "decode"})
+    rates.update(model_pass_rates(config, policy, dtypes["rollout"], rows, lengths.width, seqs, context,
+                                  {w for w in wanted if w[0] == "decode"}))
+    shown = ", ".join(f"{kind}@{threads}t {rate / 1e9:.1f}" for (kind, threads), rate in sorted(rates.items()))
+    return with_rates(roof, rates, f"the model's own passes (GFLOP/s): {shown}")

@@ -288,79 +288,90 @@ class Lengths:
 
 
 class Timing:
-    """Seconds of FLOPs at the roof for a role running on `share` of the roof: on CPU the
-    cores a phase's busy ranks split (workers.device.share_cores), small trainers one thread."""
+    """Seconds of a pass's FLOPs. CPU: at the rate of that kind of pass on the threads the
+    role gets (the phase's busy ranks split the node's cores, workers.device.share_cores;
+    small trainers take one thread); the rates asked for are recorded (`wanted`) so they
+    can be measured first. GPU: at the roof, each rank on its own device."""
 
     def __init__(self, roof, cluster: Cluster):
-        self.roof, self.cluster = roof, cluster
+        self.roof, self.cluster, self.wanted = roof, cluster, set()
 
-    def share(self, busy_ranks: int, one_thread: bool = False) -> float:
+    def threads(self, busy_ranks: int, one_thread: bool = False) -> int:
+        return 1 if one_thread else max(1, self.cluster.cores // max(1, busy_ranks))
+
+    def seconds(self, flops: float, kind: str, busy_ranks: int = 1, one_thread: bool = False) -> float:
         if self.cluster.gpu:
-            return 1.0
-        threads = max(1, self.cluster.cores // max(1, busy_ranks))
-        threads = 1 if one_thread else threads
-        return threads / max(1, self.roof.threads or self.cluster.cores)
+            return flops / (self.roof.decode_flops if kind == "decode" else self.roof.flops)
+        key = (kind, self.threads(busy_ranks, one_thread))
+        self.wanted.add(key)
+        return flops / self.roof.rate(*key)
 
 
 SMALL_TRAINER_PARAMS = 5_000_000  # workers.trainer_base.MIN_PARAMS_FOR_THREADS: smaller ones train on one thread
 
 
 def step_phases(cfg: RunConfig, shapes: dict[str, ModelShape], dtypes: dict[str, str], lengths: Lengths,
-                roof, cluster: Cluster) -> list[Phase]:
-    timing = Timing(roof, cluster)
-    return [generate_phase(cfg, shapes["policy"], dtypes, lengths, roof, cluster, timing),
-            *([reward_phase(cfg, shapes, lengths, roof, timing)] if "reward_model" in shapes else []),
-            scoring_phase(cfg, shapes, lengths, roof, timing),
-            training_phase(cfg, shapes, lengths, roof, timing)]
+                timing: Timing) -> list[Phase]:
+    return [generate_phase(cfg, shapes["policy"], dtypes, lengths, timing),
+            *([reward_phase(cfg, shapes, lengths, timing)] if "reward_model" in shapes else []),
+            scoring_phase(cfg, shapes, lengths, timing),
+            training_phase(cfg, shapes, lengths, timing)]
 
 
-def generate_phase(cfg, shape, dtypes, lengths, roof, cluster, timing) -> Phase:
-    """Prefill at the matmul roof; each decode step is bound by the larger of its FLOPs
-    (at the decode-sized roof) and reading the weights plus the KV cache so far. A
-    tensor-parallel engine splits both over its GPUs."""
-    ro = cfg.rollout
+def generate_phase(cfg, shape, dtypes, lengths, timing) -> Phase:
+    """Prefill as one forward of the prompts; then one decode step per response token.
+    CPU: each step at the measured rate of the model's own decode step. GPU: a step is
+    bound by the larger of its FLOPs and reading the weights plus the KV cache so far;
+    a tensor-parallel engine splits both over its GPUs."""
+    ro, roof, cluster = cfg.rollout, timing.roof, timing.cluster
     seqs = math.ceil(cfg.rollout_batch_size / ro.num_workers)
-    tp = ro.tensor_parallel_size if cluster.gpu else 1
-    share = timing.share(ro.num_workers) * tp
     p, r = lengths.prompt, lengths.response
-    nbytes = DTYPE_BYTES[dtypes["rollout"]]
     prefill = seqs * p * shape.forward_flops(p / 2)
-    decode = seqs * r * shape.forward_flops(p + r / 2)
-    step_compute = seqs * shape.forward_flops(p + r / 2) / (roof.decode_flops * share)
-    step_bytes = shape.params * nbytes + seqs * (p + r / 2) * shape.kv_bytes_per_token(nbytes)
-    step_memory = step_bytes / (roof.bandwidth * share)
-    seconds = prefill / (roof.flops * share) + r * max(step_compute, step_memory)
-    bound = "compute" if step_compute >= step_memory else "memory"
-    return Phase("generate", ro.num_workers * (prefill + decode), seconds,
-                 f"{cfg.rollout_batch_size} x ({p} prompt + {r} response) tokens on {ro.num_workers} engine(s); "
-                 f"decode {bound}-bound", "timing/generate")
+    step_flops = seqs * shape.forward_flops(p + r / 2)
+    if cluster.gpu:
+        tp, nbytes = ro.tensor_parallel_size, DTYPE_BYTES[dtypes["rollout"]]
+        step_compute = step_flops / (roof.decode_flops * tp)
+        step_bytes = shape.params * nbytes + seqs * (p + r / 2) * shape.kv_bytes_per_token(nbytes)
+        step_memory = step_bytes / (roof.bandwidth * tp)
+        step = max(step_compute, step_memory)
+        bound = "; decode " + ("compute" if step_compute >= step_memory else "memory") + "-bound"
+        seconds = prefill / (roof.flops * tp) + r * step
+    else:
+        seconds = timing.seconds(prefill, "infer", ro.num_workers) + r * timing.seconds(step_flops, "decode", ro.num_workers)
+        bound = ""
+    return Phase("generate", ro.num_workers * (prefill + r * step_flops), seconds,
+                 f"{cfg.rollout_batch_size} x ({p} prompt + {r} response) tokens on {ro.num_workers} engine(s){bound}",
+                 "timing/generate")
 
 
-def reward_phase(cfg, shapes, lengths, roof, timing) -> Phase:
+def reward_phase(cfg, shapes, lengths, timing) -> Phase:
     flops = cfg.rollout_batch_size * lengths.width * shapes["reward_model"].forward_flops(lengths.width / 2, lm_head=False)
-    return Phase("reward", flops, flops / (roof.flops * timing.share(1)), "reward-model forward", "timing/reward")
+    return Phase("reward", flops, timing.seconds(flops, "infer"), "reward-model forward", "timing/reward")
 
 
-def scoring_phase(cfg, shapes, lengths, roof, timing) -> Phase:
+def scoring_phase(cfg, shapes, lengths, timing) -> Phase:
     """Forward passes over every token of the batch, concurrently: the reference (or the
     LoRA actor with adapters off), the actor's old log-probs unless the update scores them,
     the critic's values."""
     rows, w = cfg.rollout_batch_size, lengths.width
-    runs = []  # (role, flops on each rank, ranks)
+    runs = []  # (role, flops on each rank, ranks, kind, one thread)
     lm = lambda s: rows * w * s.forward_flops(w / 2)  # noqa: E731
+    actors = cfg.actor.num_workers
     if not cfg.actor.lora.enabled:
-        runs.append(("reference", lm(shapes["reference"]), 1))
+        runs.append(("reference", lm(shapes["reference"]), 1, "infer", False))
     else:
-        runs.append(("reference (actor, adapters off)", lm(shapes["policy"]) / cfg.actor.num_workers, cfg.actor.num_workers))
+        runs.append(("reference (actor, adapters off)", lm(shapes["policy"]) / actors, actors, "infer",
+                     _small(shapes["policy"])))
     if not cfg.old_logprobs_from_update:
-        runs.append(("old log-probs (actor)", lm(shapes["policy"]) / cfg.actor.num_workers, cfg.actor.num_workers))
+        runs.append(("old log-probs (actor)", lm(shapes["policy"]) / actors, actors, "infer", _small(shapes["policy"])))
     if cfg.algorithm.uses_critic:
         values = rows * w * shapes["critic"].forward_flops(w / 2, lm_head=False)
-        runs.append(("values (critic)", values / cfg.critic.num_workers, cfg.critic.num_workers))
-    return _concurrent("logprobs_values", runs, roof, timing, "timing/logprobs_values")
+        runs.append(("values (critic)", values / cfg.critic.num_workers, cfg.critic.num_workers, "infer",
+                     _small(shapes["critic"])))
+    return _concurrent("logprobs_values", runs, timing, "timing/logprobs_values")
 
 
-def training_phase(cfg, shapes, lengths, roof, timing) -> Phase:
+def training_phase(cfg, shapes, lengths, timing) -> Phase:
     """Forward + backward (3 x forward: 6P per token) per epoch, +1 forward with gradient
     checkpointing; LoRA skips the frozen weights' gradients (2 x forward)."""
     rows, w, epochs = cfg.rollout_batch_size, lengths.width, cfg.train.ppo_epochs
@@ -371,19 +382,19 @@ def training_phase(cfg, shapes, lengths, roof, timing) -> Phase:
         sec = getattr(cfg, role)
         passes = (2 if sec.lora.enabled else 3) + (1 if sec.grad_checkpointing else 0)
         flops = epochs * rows * w * passes * shape.forward_flops(w / 2, lm_head)
-        small = (shape.params < SMALL_TRAINER_PARAMS)
-        runs.append((role, flops / sec.num_workers, sec.num_workers, small))
-    return _concurrent("update", runs, roof, timing, "timing/update")
+        runs.append((role, flops / sec.num_workers, sec.num_workers, "train", _small(shape)))
+    return _concurrent("update", runs, timing, "timing/update")
 
 
-def _concurrent(name: str, runs: list, roof, timing, metric: str) -> Phase:
+def _small(shape: ModelShape) -> bool:
+    return shape.params < SMALL_TRAINER_PARAMS
+
+
+def _concurrent(name: str, runs: list, timing: Timing, metric: str) -> Phase:
     busy = sum(run[2] for run in runs)
-    seconds, parts = 0.0, []
-    for role, flops, ranks, *small in runs:
-        took = flops / (roof.flops * timing.share(busy, one_thread=bool(small and small[0])))
-        seconds = max(seconds, took)
-        parts.append(f"{role} {flops * ranks / 1e9:.3g} GFLOP")
-    return Phase(name, sum(r[1] * r[2] for r in runs), seconds, ", ".join(parts) + " (concurrent)", metric)
+    seconds = max(timing.seconds(flops, kind, busy, small) for _, flops, _, kind, small in runs)
+    parts = ", ".join(f"{role} {flops * ranks / 1e9:.3g} GFLOP" for role, flops, ranks, _, _ in runs)
+    return Phase(name, sum(r[1] * r[2] for r in runs), seconds, parts + " (concurrent)", metric)
 
 
 def sync_phase(cfg: RunConfig, nbytes: float, roof, cluster: Cluster) -> Phase:
@@ -442,9 +453,18 @@ def make_plan(cfg: RunConfig, cluster: Cluster, roof, lengths: Lengths | None = 
     else:
         sync_bytes = shapes["policy"].params * DTYPE_BYTES[dtypes["rollout"]]
         sync_what = "full weights" + (" (LoRA merged)" if cfg.actor.lora.enabled else "")
-    phases = step_phases(cfg, shapes, dtypes, lengths, roof, cluster) + [sync_phase(cfg, sync_bytes, roof, cluster)]
+    phases = step_phases(cfg, shapes, dtypes, lengths, Timing(roof, cluster)) + [sync_phase(cfg, sync_bytes, roof, cluster)]
     if rollout_sleeps(cfg):
         notes.append("hybrid engine: vLLM sleeps while the trainers run (KV cache freed; weights "
                      + ("offloaded to host, the adapter sync keeps them)" if adapter_sync else "dropped, the sync refills them)"))
     return Plan(cfg, cluster, shapes, dtypes, items, place(cfg, cluster, items), phases, sync_bytes, sync_what,
                 roof.source, notes)
+
+
+def wanted_rates(cfg: RunConfig, cluster: Cluster, shapes: dict[str, ModelShape], lengths: Lengths) -> set:
+    """The (pass kind, threads) whose rates the CPU time prediction uses."""
+    from rlhf.plan.roofs import Roof
+
+    timing = Timing(Roof(1.0, 1.0, 1.0, "dry run", cluster.cores), cluster)
+    step_phases(cfg, shapes, resolve_dtypes(cfg, cluster.gpu), lengths, timing)
+    return timing.wanted

@@ -117,6 +117,16 @@ def safetensors_params(folder: Path) -> int | None:
     return total
 
 
+def config_dict(ref: str) -> dict:
+    """The model's config.json (or its published architecture numbers)."""
+    from rlhf.tiny import resolve
+
+    path = Path(resolve(ref))
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    return {**PUBLISHED[path.name.lower()], "model_type": "qwen2"}
+
+
 def load_shape(key: str, ref: str) -> ModelShape:
     """The shape of the model config key `key` names: a local HF folder (tiny:* refs are
     built on first use), or a published checkpoint known by its folder name."""

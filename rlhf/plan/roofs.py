@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 # Dense tensor-core peak (TFLOP/s, bf16; V100/T4: fp16) and HBM bandwidth (TB/s) from the
 # vendors' data sheets (SXM parts where there are two).
@@ -26,12 +26,23 @@ GPU_PEAKS = {
 @dataclass(frozen=True)
 class Roof:
     """Achievable FLOP/s of training/scoring matmuls, of decode-sized matmuls, and memory
-    bytes/s; `source` says where the numbers come from."""
+    bytes/s; `source` says where the numbers come from. `rates`: on CPU, FLOP/s of the
+    model's own passes measured at a thread count, {(kind, threads): FLOP/s} with kind
+    "infer" (no-grad forward), "train" (forward + backward) or "decode" (one token step)."""
     flops: float
     decode_flops: float
     bandwidth: float
     source: str
     threads: int = 0
+    rates: dict = field(default_factory=dict)
+
+    def rate(self, kind: str, threads: int) -> float:
+        """FLOP/s of a pass of `kind` on `threads` threads: measured, else the matmul roof
+        scaled by the share of threads."""
+        if (kind, threads) in self.rates:
+            return self.rates[(kind, threads)]
+        base = self.decode_flops if kind == "decode" else self.flops
+        return base * threads / max(1, self.threads) if self.threads else base
 
 
 def gpu_roof(kind: str | None, tflops: float | None, mfu: float) -> Roof:
@@ -56,14 +67,19 @@ def _matmul_rate(m: int, k: int, n: int, dtype, budget_s: float) -> float:
     import torch
 
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    a @ b  # warm-up: kernel selection, first-touch of the output
-    best, spent = float("inf"), 0.0
-    while spent < budget_s:
+    return 2.0 * m * k * n / _median_time(lambda: a @ b, budget_s)
+
+
+def _median_time(fn, budget_s: float, at_least: int = 3) -> float:
+    """Median seconds of fn() after a warm-up, repeated for ~budget_s (at least 3 times).
+    The median, not the best: on a shared machine the run meets the typical contention."""
+    fn()  # warm-up: kernel selection, first touch of the outputs
+    times: list[float] = []
+    while sum(times) < budget_s or len(times) < at_least:
         start = time.perf_counter()
-        a @ b
-        took = time.perf_counter() - start
-        best, spent = min(best, took), spent + took
-    return 2.0 * m * k * n / best
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
 
 
 def _copy_rate(nbytes: int = 256 << 20) -> float:
@@ -107,3 +123,78 @@ def cpu_roof(hidden: int, intermediate: int, tokens: int, decode_rows: int, trai
               f"{flops / 1e9:.1f} GFLOP/s, {decode_dtype} decode-sized [{decode_rows}x{hidden}] {decode / 1e9:.1f} "
               f"GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, {cpu_cores()} threads")
     return Roof(flops, decode, bandwidth, source, cpu_cores())
+
+
+# Models up to this size are benchmarked whole; larger ones as a 2-layer slice (rates
+# carry over: FLOPs scale with layers, and so does the time).
+WHOLE_MODEL_PARAMS = 60_000_000
+
+
+def model_pass_rates(config: dict, shape, dtype_name: str, rows: int, width: int, decode_rows: int,
+                     decode_context: int, wanted: set, budget_s: float = 0.6) -> dict:
+    """{(kind, threads): FLOP/s} of the model's own passes, random weights, built from its
+    config (no checkpoint read): kind "infer" = no-grad forward of rows x width tokens and
+    the log-softmax of its logits, "train" = the same with gradients and its backward,
+    "decode" = one token step of decode_rows sequences at decode_context cached tokens."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlhf.plan.model import from_config
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    layers = shape.layers if shape.params <= WHOLE_MODEL_PARAMS else min(2, shape.layers)
+    cfg = dict(config, num_hidden_layers=layers, use_cache=True)
+    cfg.pop("layer_types", None)
+    hf_config = AutoConfig.for_model(**{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtypes[dtype_name], attn_implementation="sdpa")
+    bench = from_config(cfg)
+    ids = torch.randint(3, min(bench.vocab, 100), (rows, width))
+    prompt = torch.randint(3, min(bench.vocab, 100), (decode_rows, decode_context))
+    passes = {
+        "infer": (lambda: _infer(model, ids), rows * width * bench.forward_flops(width / 2)),
+        "train": (lambda: _train(model, ids), 3 * rows * width * bench.forward_flops(width / 2)),
+        "decode": (_decoder(model, prompt), decode_rows * bench.forward_flops(decode_context)),
+    }
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for kind, count in sorted(wanted):
+            torch.set_num_threads(count)
+            fn, flops = passes[kind]
+            out[(kind, count)] = flops / _median_time(fn, budget_s)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _infer(model, ids):
+    import torch
+
+    with torch.no_grad():
+        torch.log_softmax(model(ids).logits.float(), -1)
+
+
+def _train(model, ids):
+    import torch
+
+    torch.log_softmax(model(ids).logits.float(), -1).mean().backward()
+
+
+def _decoder(model, prompt):
+    """One decode step on a cache filled once with the prompt (cropped back after each step)."""
+    import torch
+
+    with torch.no_grad():
+        cache = model(prompt, use_cache=True).past_key_values
+    step, length = prompt[:, -1:], prompt.shape[1]
+
+    def decode():
+        with torch.no_grad():
+            model(step, past_key_values=cache, use_cache=True)
+        cache.crop(length)
+    return decode
+
+
+def with_rates(roof: Roof, rates: dict, note: str) -> Roof:
+    return replace(roof, rates={**roof.rates, **rates}, source=roof.source + "; " + note)
