@@ -150,10 +150,14 @@ def model_pass_rates(config: dict, shape, dtype_name: str, rows: int, width: int
     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtypes[dtype_name], attn_implementation="sdpa")
     bench = from_config(cfg)
     ids = torch.randint(3, min(bench.vocab, 100), (rows, width))
+    # as the trainers' batches: left-padded prompts, so an attention mask (not the causal fast path)
+    mask = torch.ones(rows, width, dtype=torch.long)
+    mask[::2, : max(1, width // 8)] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
     prompt = torch.randint(3, min(bench.vocab, 100), (decode_rows, decode_context))
     passes = {
-        "infer": (lambda: _infer(model, ids), rows * width * bench.forward_flops(width / 2)),
-        "train": (lambda: _train(model, ids), 3 * rows * width * bench.forward_flops(width / 2)),
+        "infer": (lambda: _infer(model, batch), rows * width * bench.forward_flops(width / 2)),
+        "train": (lambda: _train(model, batch), 3 * rows * width * bench.forward_flops(width / 2)),
         "decode": (_decoder(model, prompt), decode_rows * bench.forward_flops(decode_context)),
     }
     threads = torch.get_num_threads()
@@ -168,17 +172,17 @@ def model_pass_rates(config: dict, shape, dtype_name: str, rows: int, width: int
     return out
 
 
-def _infer(model, ids):
+def _infer(model, batch):
     import torch
 
     with torch.no_grad():
-        torch.log_softmax(model(ids).logits.float(), -1)
+        torch.log_softmax(model(**batch).logits.float(), -1)
 
 
-def _train(model, ids):
+def _train(model, batch):
     import torch
 
-    torch.log_softmax(model(ids).logits.float(), -1).mean().backward()
+    torch.log_softmax(model(**batch).logits.float(), -1).mean().backward()
 
 
 def _decoder(model, prompt):

@@ -2,7 +2,8 @@
 
 The plan's peak memory per role (PSS, as rlhf.metrics.memory_breakdown_gib measures it at
 the run's peak) must be within 25% of the run's, and its phase times within 2x of the
-last step's timing/* (the roof is measured right before the run, under the same load).
+last step's timing/*. The rates are measured again right after the run: on a machine
+shared with other jobs the contention, and so every time, moves within minutes.
 """
 import json
 from pathlib import Path
@@ -48,6 +49,7 @@ def test_plan_predicts_the_tiny_grpo_run(ray_session, tiny, tmp_path):
         assert abs(predicted[role] / measured[process] - 1) <= 0.25, report
 
     last = read_metrics(run_dir)[-1]
+    plan = make_plan(cfg, local_cluster(), local_roof(cfg, shapes, lengths), lengths, shapes)
     phases = {p.name: p.seconds for p in plan.phases}
     timing = [f"{name}: plan {phases[name]:.3f} s, run {last[key]:.3f} s" for name, key in PHASE_METRICS.items()]
     print("\n".join(report + timing + [plan.roof_source]))
