@@ -54,7 +54,7 @@ def local_roof(cfg, shapes, lengths: Lengths, cluster=None):
     from rlhf.plan.build import micro_batch, resolve_dtypes, wanted_rates
     from rlhf.plan.cluster import local_cluster
     from rlhf.plan.model import config_dict
-    from rlhf.plan.roofs import cpu_roof, model_pass_rates, with_rates
+    from rlhf.plan.roofs import at_least_single_thread, cpu_roof, model_pass_rates, with_rates
 
     cluster = cluster or local_cluster()
     dtypes = resolve_dtypes(cfg, gpu=False)
@@ -65,9 +65,12 @@ def local_roof(cfg, shapes, lengths: Lengths, cluster=None):
     wanted = wanted_rates(cfg, cluster, shapes, lengths)
     config = config_dict(cfg.model.policy)
     context = lengths.prompt + lengths.response // 2
-    rates = model_pass_rates(config, policy, dtypes["trainer"], rows, lengths.width, seqs, context,
-                             {w for w in wanted if w[0] != "decode"})
-    rates.update(model_pass_rates(config, policy, dtypes["rollout"], rows, lengths.width, seqs, context,
-                                  {w for w in wanted if w[0] == "decode"}))
+    engine = {"prefill", "decode"}
+    wanted |= {(kind, 1) for kind, _ in wanted}  # see at_least_single_thread
+    rates = model_pass_rates(config, policy, dtypes["trainer"], rows, lengths.width, seqs, lengths.prompt, context,
+                             {w for w in wanted if w[0] not in engine})
+    rates.update(model_pass_rates(config, policy, dtypes["rollout"], rows, lengths.width, seqs, lengths.prompt,
+                                  context, {w for w in wanted if w[0] in engine}))
+    rates = at_least_single_thread(rates)
     shown = ", ".join(f"{kind}@{threads}t {rate / 1e9:.1f}" for (kind, threads), rate in sorted(rates.items()))
     return with_rates(roof, rates, f"the model's own passes (GFLOP/s): {shown}")

@@ -319,14 +319,15 @@ def step_phases(cfg: RunConfig, shapes: dict[str, ModelShape], dtypes: dict[str,
 
 
 def generate_phase(cfg, shape, dtypes, lengths, timing) -> Phase:
-    """Prefill as one forward of the prompts; then one decode step per response token.
+    """Prefill as one forward of the prompts (the LM head on each one's last token only);
+    then one decode step per response token.
     CPU: each step at the measured rate of the model's own decode step. GPU: a step is
     bound by the larger of its FLOPs and reading the weights plus the KV cache so far;
     a tensor-parallel engine splits both over its GPUs."""
     ro, roof, cluster = cfg.rollout, timing.roof, timing.cluster
     seqs = math.ceil(cfg.rollout_batch_size / ro.num_workers)
     p, r = lengths.prompt, lengths.response
-    prefill = seqs * p * shape.forward_flops(p / 2)
+    prefill = seqs * (p * shape.forward_flops(p / 2, lm_head=False) + 2 * shape.vocab * shape.hidden)
     step_flops = seqs * shape.forward_flops(p + r / 2)
     if cluster.gpu:
         tp, nbytes = ro.tensor_parallel_size, DTYPE_BYTES[dtypes["rollout"]]
@@ -337,7 +338,7 @@ def generate_phase(cfg, shape, dtypes, lengths, timing) -> Phase:
         bound = "; decode " + ("compute" if step_compute >= step_memory else "memory") + "-bound"
         seconds = prefill / (roof.flops * tp) + r * step
     else:
-        seconds = timing.seconds(prefill, "infer", ro.num_workers) + r * timing.seconds(step_flops, "decode", ro.num_workers)
+        seconds = timing.seconds(prefill, "prefill", ro.num_workers) + r * timing.seconds(step_flops, "decode", ro.num_workers)
         bound = ""
     return Phase("generate", ro.num_workers * (prefill + r * step_flops), seconds,
                  f"{cfg.rollout_batch_size} x ({p} prompt + {r} response) tokens on {ro.num_workers} engine(s){bound}",

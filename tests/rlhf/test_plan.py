@@ -209,3 +209,33 @@ def test_bad_input_is_one_line_exit_2(args, says):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr
+
+
+def test_cpu_plan_threads_per_phase_and_process_costs(tiny):
+    """CPU: the phase's busy ranks split the cores; trainers under 5M params take one
+    thread; every Ray actor process carries its measured fixed cost."""
+    from rlhf.plan.build import TRAINER_PROCESS_GIB, wanted_rates
+    from rlhf.plan.cluster import Cluster
+
+    cfg = load_config(ROOT / "recipes" / "grpo_tiny.yaml", [])
+    cluster = Cluster(nodes=1, host_mem=24 * GIB, cores=4)
+    rates = {("decode", 4): 1e9, ("prefill", 4): 2e9, ("infer", 2): 3e9, ("train", 1): 4e9}
+    roof = Roof(1e9, 1e9, 1e9, "test", 4, rates)
+    lengths = Lengths(8, 5)
+    from rlhf.plan.build import model_shapes
+
+    shapes = model_shapes(cfg)
+    # grpo_tiny: one rollout engine (4 threads); reference + old log-probs (2 ranks: 2 threads,
+    # the actor, a small trainer: 1); the update alone but small: 1 thread
+    assert wanted_rates(cfg, cluster, shapes, lengths) == {("decode", 4), ("prefill", 4), ("infer", 2), ("infer", 1),
+                                                           ("train", 1)}
+    plan = make_plan(cfg, cluster, roof, lengths, shapes)
+    phases = {p.name: p for p in plan.phases}
+    policy = shapes["policy"]
+    assert phases["update"].seconds == pytest.approx(3 * 128 * 13 * policy.forward_flops(6.5) / 4e9)
+    prefill = 128 * (8 * policy.forward_flops(4, lm_head=False) + 2 * policy.vocab * policy.hidden)
+    assert phases["generate"].seconds == pytest.approx(prefill / 2e9 + 5 * 128 * policy.forward_flops(10.5) / 1e9)
+    processes = [i for i in plan.items if i.what.startswith("process")]
+    assert {(i.role, i.nbytes) for i in processes if i.role != "rollout"} == {
+        ("actor", TRAINER_PROCESS_GIB * GIB), ("reference", TRAINER_PROCESS_GIB * GIB)}
+    assert all(i.where == "host" for i in plan.items) and len(plan.devices) == 1
