@@ -307,6 +307,14 @@ class Timing:
         return flops / self.roof.rate(*key)
 
 
+# Host-side work outside the model's FLOPs, per sequence, fitted (not derived) as the residual
+# of measured over predicted phase times of the tiny GRPO run (tests/e2e/test_plan_vs_run.py,
+# 128 sequences, 2026-12-05, AMD EPYC AVX2-only at load ~4): vLLM's per-request handling
+# (seeded sampling, log-probs, detokenisation; generate 0.91 s of which 0.14 s FLOPs) and a
+# trainer call's per-row work (batch transfer, micro-batch plan, log-prob gather; 0.25 s
+# of which 0.12 s FLOPs). Applied on CPU only; the 24M benchmark model checks them (BENCHMARKS.md).
+ENGINE_SECONDS_PER_SEQUENCE = 0.006
+TRAINER_SECONDS_PER_ROW = 0.001
 SMALL_TRAINER_PARAMS = 5_000_000  # workers.trainer_base.MIN_PARAMS_FOR_THREADS: smaller ones train on one thread
 
 
@@ -338,8 +346,9 @@ def generate_phase(cfg, shape, dtypes, lengths, timing) -> Phase:
         bound = "; decode " + ("compute" if step_compute >= step_memory else "memory") + "-bound"
         seconds = prefill / (roof.flops * tp) + r * step
     else:
-        seconds = timing.seconds(prefill, "prefill", ro.num_workers) + r * timing.seconds(step_flops, "decode", ro.num_workers)
-        bound = ""
+        seconds = (timing.seconds(prefill, "prefill", ro.num_workers) + r * timing.seconds(step_flops, "decode", ro.num_workers)
+                   + seqs * ENGINE_SECONDS_PER_SEQUENCE)
+        bound = f"; +{seqs * ENGINE_SECONDS_PER_SEQUENCE:.2f} s request handling"
     return Phase("generate", ro.num_workers * (prefill + r * step_flops), seconds,
                  f"{cfg.rollout_batch_size} x ({p} prompt + {r} response) tokens on {ro.num_workers} engine(s){bound}",
                  "timing/generate")
@@ -369,7 +378,7 @@ def scoring_phase(cfg, shapes, lengths, timing) -> Phase:
         values = rows * w * shapes["critic"].forward_flops(w / 2, lm_head=False)
         runs.append(("values (critic)", values / cfg.critic.num_workers, cfg.critic.num_workers, "infer",
                      _small(shapes["critic"])))
-    return _concurrent("logprobs_values", runs, timing, "timing/logprobs_values")
+    return _concurrent("logprobs_values", runs, timing, "timing/logprobs_values", rows)
 
 
 def training_phase(cfg, shapes, lengths, timing) -> Phase:
@@ -384,16 +393,20 @@ def training_phase(cfg, shapes, lengths, timing) -> Phase:
         passes = (2 if sec.lora.enabled else 3) + (1 if sec.grad_checkpointing else 0)
         flops = epochs * rows * w * passes * shape.forward_flops(w / 2, lm_head)
         runs.append((role, flops / sec.num_workers, sec.num_workers, "train", _small(shape)))
-    return _concurrent("update", runs, timing, "timing/update")
+    return _concurrent("update", runs, timing, "timing/update", rows * epochs)
 
 
 def _small(shape: ModelShape) -> bool:
     return shape.params < SMALL_TRAINER_PARAMS
 
 
-def _concurrent(name: str, runs: list, timing: Timing, metric: str) -> Phase:
+def _concurrent(name: str, runs: list, timing: Timing, metric: str, rows: int) -> Phase:
+    """Roles running at once on their ranks: the slowest sets the phase; on CPU each rank's
+    rows also carry TRAINER_SECONDS_PER_ROW."""
     busy = sum(run[2] for run in runs)
-    seconds = max(timing.seconds(flops, kind, busy, small) for _, flops, _, kind, small in runs)
+    host = 0.0 if timing.cluster.gpu else TRAINER_SECONDS_PER_ROW
+    seconds = max(timing.seconds(flops, kind, busy, small) + host * rows / ranks
+                  for _, flops, ranks, kind, small in runs)
     parts = ", ".join(f"{role} {flops * ranks / 1e9:.3g} GFLOP" for role, flops, ranks, _, _ in runs)
     return Phase(name, sum(r[1] * r[2] for r in runs), seconds, parts + " (concurrent)", metric)
 
