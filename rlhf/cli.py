@@ -83,6 +83,12 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, help="expected prompt tokens (default: data.max_prompt_tokens)")
     p.add_argument("--response-tokens", type=int, help="expected response tokens (default: the response budget)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.error = _one_line_usage_error  # `--gpus abc`: one line, exit 2 (argparse would print the usage too)
+
+
+def _one_line_usage_error(message: str):
+    print(f"rlhf plan: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _one_line(err: Exception) -> str:

@@ -201,6 +201,7 @@ def test_plan_command_json_and_does_not_fit_exit():
     (["recipes/grpo_tiny.yaml", "actor.no_such_key=1"], "no_such_key"),
     (["recipes/grpo_tiny.yaml", "--gpus", "-2", "--gpu-mem", "80"], "--gpus"),
     (["recipes/grpo_tiny.yaml", "--gpus", "8"], "--gpu-mem"),
+    (["recipes/grpo_tiny.yaml", "--gpus", "abc"], "--gpus"),
     (["recipes/grpo_tiny.yaml", "--nodes", "4"], "--gpus"),
     (["recipes/grpo_gsm8k_qwen2.5_0.5b_hybrid.yaml", "--gpus", "8", "--gpu-mem", "80"], "--gpu-kind"),
     (["recipes/nope.yaml"], "nope.yaml"),
