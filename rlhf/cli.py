@@ -2,10 +2,12 @@
 
     rlhf train recipes/ppo_tiny.yaml [key=value ...]   PPO/GRPO/... run (starts or joins Ray)
     rlhf check recipes/ppo_tiny.yaml [key=value ...]   validate a recipe, print the resolved config
-    rlhf plot runs/<run_dir>                           PNG curves of a run
+    rlhf plot runs/<run_dir>                           PNG curves of a run (and its timeline)
+    rlhf timeline runs/<run_dir> [--last N] [--out P]  PNG Gantt chart of the last N steps (trace.json)
     rlhf sft recipes/sft_tiny.yaml [key=value ...]     supervised fine-tuning (rlhf.sft)
     rlhf rm recipes/rm_tiny.yaml [key=value ...]       reward-model training (rlhf.rm)
     rlhf dpo recipes/dpo_tiny.yaml [key=value ...]     direct preference optimization (rlhf.dpo)
+    rlhf plan recipes/grpo_tiny.yaml [key=value ...]   memory per role/device, FLOPs and time per phase (rlhf.plan)
 """
 from __future__ import annotations
 
@@ -26,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. actor.lr=1e-5")
     p = sub.add_parser("plot", help="write curves.png for a run directory")
     p.add_argument("run_dir")
+    p = sub.add_parser("timeline", help="write timeline.png (Gantt chart of trace.json) for a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--last", type=int, default=3, help="how many of the last steps to draw (default 3)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/timeline.png)")
+    add_plan_parser(sub)
     args = parser.parse_args(argv)
 
     from rewards.types import RewardError
@@ -38,6 +45,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot_run(args.run_dir))
             return 0
+        if args.command == "timeline":
+            from rlhf.plots import plot_timeline
+
+            print(plot_timeline(args.run_dir, args.last, args.out))
+            return 0
+        if args.command == "plan":
+            from rlhf.plan import plan_command
+
+            return plan_command(args)
         if args.command in ("sft", "rm", "dpo"):
             return run_stage(args.command, args.recipe, args.overrides)
         cfg = load_config(args.recipe, args.overrides)
@@ -57,6 +73,32 @@ def main(argv: list[str] | None = None) -> int:
     except RewardError as err:
         print(f"rlhf: reward failed: {err}", file=sys.stderr)
         return 1
+
+
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="predict memory per role/device and time per phase, starting nothing",
+                       description="Without starting any role: memory per role, rank and device (ZeRO states, "
+                       "activations, KV cache), FLOPs and expected time per phase, the bottleneck. Exit 3 when "
+                       "something does not fit.")
+    p.add_argument("recipe", help="recipe YAML (see recipes/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. actor.zero_stage=3")
+    p.add_argument("--gpus", type=int, help="GPUs per node of a described cluster (default: this machine)")
+    p.add_argument("--gpu-mem", type=float, help="GiB of one GPU")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of a described cluster")
+    p.add_argument("--host-mem", type=float, help="GiB of host memory per node of a described cluster")
+    p.add_argument("--gpu-kind", help="GPU model for the peak-TFLOP/s table (A100, H100, ...)")
+    p.add_argument("--gpu-tflops", type=float, help="peak dense TFLOP/s of one GPU (overrides the table)")
+    p.add_argument("--mfu", type=float, default=0.4, help="fraction of the GPU peak achieved (default 0.4)")
+    p.add_argument("--ray", metavar="ADDRESS", help="plan for the running Ray cluster at ADDRESS")
+    p.add_argument("--prompt-tokens", type=int, help="expected prompt tokens (default: data.max_prompt_tokens)")
+    p.add_argument("--response-tokens", type=int, help="expected response tokens (default: the response budget)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.error = _one_line_usage_error  # `--gpus abc`: one line, exit 2 (argparse would print the usage too)
+
+
+def _one_line_usage_error(message: str):
+    print(f"rlhf plan: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _one_line(err: Exception) -> str:

@@ -21,7 +21,7 @@ import torch
 from rlhf import checkpoint as ckpt
 from rlhf.algorithms import ADV_ESTIMATORS, AdvantageInputs, make_kl_controller, masked_mean
 from rlhf.algorithms import overlong_penalty, token_rewards_with_kl
-from rlhf.batch import Batch, cat_rows
+from rlhf.batch import Batch
 from rlhf.config import RunConfig, to_yaml
 from rlhf.data import PromptSampler, PromptSet, load_prompts
 from rlhf.errors import NumericsError
@@ -32,6 +32,7 @@ from rlhf.group_filter import GroupFilter, SampledRound
 from rlhf.metrics import MemoryWatch, MetricsLogger, PhaseTimer, print_progress, progress, progress_line, say
 from rlhf.model_paths import check_model, load_tokenizer
 from rlhf.overlap import RolloutOverlap
+from rlhf.trace import TraceRecorder
 
 
 class PPOTrainer:
@@ -63,8 +64,7 @@ class PPOTrainer:
         self.paths = self._resolve_models()
         self._check_lora()
         self.tokenizer = load_tokenizer("model.policy", self.paths["policy"])
-        tools = self._agent_tools()
-        cfg = self.cfg  # with the agent's files resolved
+        tools = self._prompt_tools()
         self.train_set = load_prompts(cfg.data.train_path, cfg.data, self.tokenizer, tools=tools)
         self.eval_set = (load_prompts(cfg.data.eval_path, cfg.data, self.tokenizer, limit=cfg.data.eval_size,
                                       tools=tools) if cfg.data.eval_path else None)
@@ -85,6 +85,7 @@ class PPOTrainer:
         # resuming (even from no checkpoint at all): lines of undone steps are set aside
         rewind_to = start_step if resume_from else (-1 if cfg.run.resume == "auto" else None)
         self.logger = MetricsLogger(self.run_dir, cfg.run.trackers, dataclasses.asdict(cfg), resume_step=rewind_to)
+        self.trace = TraceRecorder(self.run_dir, resume_step=rewind_to)  # trace.json: the step timeline
 
     def _check_lora(self) -> None:
         """actor.lora / critic.lora against the models (rlhf.lora.check_lora), before any worker."""
@@ -95,17 +96,14 @@ class PPOTrainer:
         if self.cfg.critic.lora.enabled and self.cfg.algorithm.uses_critic:
             check_lora(self.cfg.critic.lora, self.paths["critic"], "critic.lora", value_head=True)
 
-    def _agent_tools(self) -> list[dict] | None:
-        """Agentic runs: environment and tool files made absolute (every rollout worker loads
-        the same ones, whatever its cwd); the tool schemas the prompts describe."""
+    def _prompt_tools(self) -> list[dict] | None:
+        """Agentic runs: the JSON schemas of the tools the prompts describe (rollout.agent.tools_in_prompt)."""
         agent = self.cfg.rollout.agent
-        if not agent.enabled:
+        if not (agent.enabled and agent.tools_in_prompt):
             return None
-        from rlhf.agent.env import resolve_agent_specs, tool_schemas
+        from rlhf.agent.env import tool_schemas
 
-        agent = resolve_agent_specs(agent, os.getcwd())
-        self.cfg = dataclasses.replace(self.cfg, rollout=dataclasses.replace(self.cfg.rollout, agent=agent))
-        return tool_schemas(agent) if agent.tools_in_prompt else None
+        return tool_schemas(agent)
 
     def _kl_kwargs(self) -> dict:
         kl = self.cfg.algorithm.kl
@@ -148,8 +146,7 @@ class PPOTrainer:
         # step 1-2. generate n responses per prompt (vLLM) and score them; algorithm.filter_groups:
         # more rounds until enough groups have rewards that differ (DAPO dynamic sampling)
         sampled = self._sample_and_score()
-        rows, batch, texts, finish, reward_metrics = (sampled.rows, sampled.batch, sampled.texts,
-                                                      sampled.finish, sampled.metrics)
+        rows, batch, texts, reward_metrics = sampled.rows, sampled.batch, sampled.texts, sampled.metrics
         # step 3. trainer-side log-probs, reference log-probs and values, overlapped
         with t("logprobs_values"):
             self.roles.share_cores(None if self._update_scores_old() else self.actor, self.reference, self.critic)
@@ -257,9 +254,10 @@ class PPOTrainer:
             self.roles.share_cores(self.actor, self.critic)
             critic_refs = self.critic.call_split("update", batch) if self.critic else None
             if batch.old_logprobs is None:  # on-policy: the update's forward scores them
-                results = self.actor.gather(self.actor.call_split("update_on_policy", batch, **sampling))
+                refs = self.actor.call_split("update_on_policy", batch, **sampling)
+                results = self.actor.gather(refs)
                 actor_metrics = results[0][0]
-                batch = batch.replace(old_logprobs=cat_rows([old for _, old in results]))
+                batch = batch.replace(old_logprobs=self.actor.rows_in_order(refs, [old for _, old in results]))
             else:
                 actor_metrics = self.actor.gather(self.actor.call_split("update", batch, **sampling))[0]
             critic_metrics = self.critic.gather(critic_refs)[0] if critic_refs else {}
@@ -431,20 +429,25 @@ class PPOTrainer:
         cfg = self.cfg.run
         eval_metrics = {}
         if self.step_index == 0 and self.eval_set is not None:
-            eval_metrics = self.evaluate()
+            with self.timer.span("eval"):
+                eval_metrics = self.evaluate()
             self.logger.log(0, eval_metrics)
             print_progress(progress_line(0, cfg.total_steps, eval_metrics))
         while self.step_index < cfg.total_steps:
+            step_began = time.time()
             metrics = self.step()
             self.step_index += 1
             last = self.step_index == cfg.total_steps
             if self.eval_set is not None and (last or (cfg.eval_every and self.step_index % cfg.eval_every == 0)):
-                eval_metrics = self.evaluate()
+                with self.timer.span("eval"):
+                    eval_metrics = self.evaluate()
                 metrics.update(eval_metrics)
             self.logger.log(self.step_index, metrics)
             print_progress(progress_line(self.step_index, cfg.total_steps, metrics))
             if last or (cfg.save_every and self.step_index % cfg.save_every == 0):
-                self.save_checkpoint()
+                with self.timer.span("checkpoint"):
+                    self.save_checkpoint()
+            self.trace.end_step(self.step_index, step_began, self.timer.take_spans(), self.roles.groups())
         return eval_metrics
 
     def finish(self) -> None:

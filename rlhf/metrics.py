@@ -25,21 +25,33 @@ log = logging.getLogger("rlhf")
 
 
 class PhaseTimer:
-    """`with timer("generate"):` records timing/generate in seconds."""
+    """`with timer("generate"):` records timing/generate in seconds, and the phase's
+    wall-clock span for the step timeline (rlhf.trace); `timer.span("eval")` only the span."""
 
     def __init__(self):
         self.times: dict[str, float] = {}
+        self.spans: list[tuple[str, float, float]] = []  # (phase, start, end), time.time() seconds
 
     @contextmanager
-    def __call__(self, phase: str):
-        start = time.perf_counter()
+    def __call__(self, phase: str, timing: bool = True):
+        start, wall_start = time.perf_counter(), time.time()
         try:
             yield
         finally:
-            self.times[f"timing/{phase}"] = self.times.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
+            self.spans.append((phase, wall_start, time.time()))
+            if timing:
+                self.times[f"timing/{phase}"] = self.times.get(f"timing/{phase}", 0.0) + time.perf_counter() - start
+
+    def span(self, phase: str):
+        """A phase on the timeline without a timing/ metric (evaluation, checkpoint: after the step's metrics)."""
+        return self(phase, timing=False)
 
     def pop(self) -> dict[str, float]:
         out, self.times = self.times, {}
+        return out
+
+    def take_spans(self) -> list[tuple[str, float, float]]:
+        out, self.spans = self.spans, []
         return out
 
 

@@ -31,6 +31,24 @@ def balanced_partition(costs: Sequence[int], parts: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+def equal_count_partition(costs: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of `costs` in `parts` bins of exactly len(costs) / parts items each, with
+    near-equal total cost: longest-processing-time greedy among the bins that still have
+    room. For data-parallel ranks, which must hold as many rows each (fixed micro-batch
+    counts) but should hold about as many real tokens. Each bin's indices are ascending."""
+    if parts < 1 or len(costs) % parts:
+        raise ValueError(f"{len(costs)} items do not split into {parts} equal parts")
+    room = len(costs) // parts
+    heap = [(0, b) for b in range(parts)]  # (total cost, bin) of the bins with room
+    bins: list[list[int]] = [[] for _ in range(parts)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        total, b = heapq.heappop(heap)
+        bins[b].append(i)
+        if len(bins[b]) < room:
+            heapq.heappush(heap, (total + costs[i], b))
+    return [sorted(b) for b in bins]
+
+
 def parts_for_budget(costs: Sequence[int], budget: int) -> int:
     """The fewest bins `balanced_partition` fills with at most `budget` each (an item
     costlier than the budget gets a bin of its own and counts as fitting)."""

@@ -357,6 +357,7 @@ class PPORoles:
                             num_gpus=section.num_gpus, placement_group=pg, bundle_indices=idx, name=role,
                             init_kwargs=init_kwargs, distributed=distributed, wait=False)
         group.call_timeout_s = self.cfg.run.call_timeout_s or None
+        group.balance_rows = self.cfg.train.packing != "never"  # packed forwards cost real tokens: even them out
         return group
 
     def _wait_loaded(self, bar) -> None:

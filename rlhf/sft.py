@@ -2,7 +2,8 @@
 
     stage = SFTRun(load_config("recipes/sft_tiny.yaml")); stage.setup(); stage.train(); stage.finish()
 
-Loss on response tokens (and EOS) only; padded batches (no packing); DeepSpeed ZeRO on
+Loss on response tokens (and EOS) only; padded or packed micro-batches (train.packing, optionally
+train.max_tokens_per_micro_batch tokens each); DeepSpeed ZeRO on
 `trainer.num_workers` Ray ranks; eval loss on a held-out split; HF export `sft_model/`.
 """
 from __future__ import annotations

@@ -17,8 +17,10 @@ from rlhf.algorithms import (
 )
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
+from rlhf.trace import traced
 from workers import device as dev
-from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, response_logprobs
+from workers.forwards import load_causal_lm, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class ActorWorker(DeepSpeedTrainer):
@@ -32,6 +34,7 @@ class ActorWorker(DeepSpeedTrainer):
     def load_model(self, dtype: torch.dtype):
         return load_causal_lm(self.model_path, dtype)
 
+    @traced("logprobs")
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> Tensor:
         """Log-probs of this rank's response tokens (no grad, micro-batched, logits / temperature,
@@ -44,6 +47,7 @@ class ActorWorker(DeepSpeedTrainer):
         return self.infer(batch, lambda mb: response_logprobs(
             self.engine, mb, temperature, device=self.device, top_k=top_k, top_p=top_p, packed=self.packing)[0])
 
+    @traced("logprobs")
     @torch.no_grad()
     def compute_ref_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
         """With actor.lora: the reference's log-probs (full softmax at `temperature`, as the
@@ -54,6 +58,7 @@ class ActorWorker(DeepSpeedTrainer):
         with self.engine.module.disable_adapter():
             return self.compute_logprobs(batch, temperature=temperature)
 
+    @traced("update")
     def update(self, batch: Batch, temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0) -> dict[str, float]:
         """PPO update on this rank's part of the rollout batch (train.ppo_epochs passes),
         with log-probs of the sampling distribution (temperature, top_k, top_p).
@@ -66,6 +71,7 @@ class ActorWorker(DeepSpeedTrainer):
             raise ValueError("actor update needs batch.old_logprobs (or call update_on_policy)")
         return self._policy_update(batch, dict(temperature=temperature, top_k=top_k, top_p=top_p))
 
+    @traced("update")
     def update_on_policy(self, batch: Batch, temperature: float = 1.0, top_k: int = -1,
                          top_p: float = 1.0) -> tuple[dict[str, float], Tensor]:
         """`update` without a separate old-log-prob pass, for a step that is on-policy:
@@ -188,6 +194,7 @@ class ActorWorker(DeepSpeedTrainer):
                 sender.close()
         return True
 
+    @traced("sync")
     def push_weights(self, version: int) -> dict:
         """Gather full HF-named weights (collective under ZeRO-3: every rank calls this)
         and stream them to the engines. Returns the sync stats on rank 0."""

@@ -1,7 +1,7 @@
 """The value trainer: a one-output per-token head on a transformer backbone.
 
 Initialised from a reward model (its `score` head is reused) or from the policy (new
-head, seeded): see `workers.trainer_base.load_value_model`. The value of response
+head, seeded): see `workers.forwards.load_value_model`. The value of response
 token j is read at column P+j-1, the state before the token is emitted, aligned
 with the actor's log-prob of that token.
 """
@@ -13,7 +13,9 @@ from torch import Tensor
 from rlhf.algorithms import explained_variance, masked_mean, value_loss
 from rlhf.batch import Batch
 from rlhf.config.schema import AlgorithmSection, TrainerSection, TrainSection
-from workers.trainer_base import DeepSpeedTrainer, load_value_model, response_values
+from rlhf.trace import traced
+from workers.forwards import load_value_model, response_values
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class CriticWorker(DeepSpeedTrainer):
@@ -28,12 +30,14 @@ class CriticWorker(DeepSpeedTrainer):
     def load_model(self, dtype: torch.dtype):
         return load_value_model(self.model_path, self.seed, dtype)
 
+    @traced("values")
     @torch.no_grad()
     def compute_values(self, batch: Batch) -> Tensor:
         """Values of this rank's response tokens. Shape: (b, P+R) -> (b, R) float32 on CPU."""
         self.engine.eval()
         return self.infer(batch, lambda mb: response_values(self.engine, mb, device=self.device, packed=self.packing))
 
+    @traced("update")
     def update(self, batch: Batch) -> dict[str, float]:
         """Clipped value regression towards batch.returns around batch.values (the values
         before the update), train.ppo_epochs passes. Same metrics on every rank."""

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from rlhf.algorithms import dpo_loss, masked_sum
 from rlhf.batch import Batch
-from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, micro_batches, response_logprobs
+from workers.forwards import load_causal_lm, micro_batches, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class DPOTrainerWorker(DeepSpeedTrainer):
@@ -35,7 +36,7 @@ class DPOTrainerWorker(DeepSpeedTrainer):
 
     def _sequence_logprobs(self, model, batch: Batch) -> Tensor:
         """Summed log-probs of each row's response tokens (incl. EOS). Shape: (b, P+R) -> (b,) float32."""
-        logprobs, _ = response_logprobs(model, batch, 1.0, device=self.device)
+        logprobs, _ = response_logprobs(model, batch, 1.0, device=self.device, packed=self.packing)
         return masked_sum(logprobs, batch.response_mask.to(self.device), -1)
 
     def train_step(self, batch: Batch, beta: float, loss_type: str = "sigmoid",

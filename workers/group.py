@@ -21,11 +21,13 @@ import time
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf.batch import Batch, cat_rows
 from rlhf.errors import RunError
+from rlhf.partition import equal_count_partition
 from workers import device as dev
 
 
@@ -44,11 +46,12 @@ class WorkerError(RunError):
 
 
 class RankRefs(list):
-    """The per-rank ObjectRefs of one call (a plain list for `ray.get`), remembering the method."""
+    """The per-rank ObjectRefs of one call (a plain list for `ray.get`), remembering the
+    method and, for a balanced split, the batch row of each rank's rows in rank order."""
 
-    def __init__(self, refs, method: str):
+    def __init__(self, refs, method: str, order: torch.Tensor | None = None):
         super().__init__(refs)
-        self.method = method
+        self.method, self.order = method, order
 
 
 class WorkerGroup:
@@ -78,6 +81,7 @@ class WorkerGroup:
         self.role = name or role_cls.__name__
         self.world_size = num_workers
         self.call_timeout_s: float | None = None  # gather's default timeout: a longer call counts as hung
+        self.balance_rows = False  # call_split: deal rows by real tokens (packed PPO roles) instead of chunks
         options = getattr(role_cls, "RAY_OPTIONS", None)  # e.g. concurrency groups
         remote_cls = ray.remote(**options)(role_cls) if options else ray.remote(role_cls)
         self.actors = []
@@ -131,10 +135,17 @@ class WorkerGroup:
         return RankRefs([getattr(a, method).remote(*args, **kwargs) for a in self.actors], method)
 
     def call_split(self, method: str, batch: Batch, **kwargs) -> RankRefs:
-        """Call `method(chunk, **kwargs)` with rank r getting the r-th of `world_size`
-        equal contiguous chunks of `batch` (its size must divide evenly)."""
-        chunks = batch.chunks(self.world_size)
-        return RankRefs([getattr(a, method).remote(c, **kwargs) for a, c in zip(self.actors, chunks)], method)
+        """Call `method(part, **kwargs)` with rank r getting the r-th of `world_size`
+        equal parts of `batch` (its size must divide evenly): contiguous chunks, or with
+        `balance_rows` rows dealt so every rank holds about as many real tokens (packed
+        forwards cost their tokens, and the ranks wait for the slowest at each collective).
+        `gather_cat` / `rows_in_order` put per-row results back in batch order."""
+        if not (self.balance_rows and self.world_size > 1):
+            chunks = batch.chunks(self.world_size)
+            return RankRefs([getattr(a, method).remote(c, **kwargs) for a, c in zip(self.actors, chunks)], method)
+        parts = equal_count_partition(batch.attention_mask.sum(-1).tolist(), self.world_size)
+        refs = [getattr(a, method).remote(batch.index(torch.tensor(p)), **kwargs) for a, p in zip(self.actors, parts)]
+        return RankRefs(refs, method, order=torch.tensor([i for p in parts for i in p]))
 
     def gather(self, refs: list, timeout: float | None = None) -> list:
         """Results of per-rank refs, in rank order.
@@ -171,8 +182,19 @@ class WorkerGroup:
         return [results[rank] for rank in range(len(refs))]
 
     def gather_cat(self, refs: list, timeout: float | None = None):
-        """`gather`, then concatenate per-rank tensors along the batch dim (rank order)."""
-        return cat_rows(self.gather(refs, timeout))
+        """`gather`, then the per-rank tensors as one, in the batch's row order."""
+        return self.rows_in_order(refs, self.gather(refs, timeout))
+
+    @staticmethod
+    def rows_in_order(refs: RankRefs, per_rank: list[torch.Tensor]) -> torch.Tensor:
+        """Per-rank row results of a `call_split` as one tensor in the batch's row order."""
+        rows = cat_rows(per_rank)
+        order = getattr(refs, "order", None)
+        if order is None:
+            return rows
+        out = torch.empty_like(rows)
+        out[order] = rows
+        return out
 
     def run_all(self, method: str, *args, timeout: float | None = None, **kwargs) -> list:
         """call_all + gather."""

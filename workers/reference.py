@@ -12,8 +12,10 @@ from torch import Tensor
 from rlhf.batch import Batch
 from rlhf.packing import packing_mode
 from rlhf.config.schema import ReferenceSection
+from rlhf.trace import traced
 from workers import device as dev
-from workers.trainer_base import RankWorker, load_causal_lm, response_logprobs, zero3_sharded_loading
+from workers.forwards import load_causal_lm, response_logprobs
+from workers.trainer_base import RankWorker, zero3_sharded_loading
 
 
 class ReferenceWorker(RankWorker):
@@ -50,6 +52,7 @@ class ReferenceWorker(RankWorker):
         self.model, *_ = deepspeed.initialize(model=model, config=config)
         self.model.eval()
 
+    @traced("logprobs")
     @torch.no_grad()
     def compute_logprobs(self, batch: Batch, temperature: float = 1.0) -> Tensor:
         """Reference log-probs of this rank's response tokens (ZeRO-3: collective).

@@ -12,8 +12,10 @@ from torch import Tensor
 
 from rlhf.batch import Batch
 from rlhf.packing import packing_mode
+from rlhf.trace import traced
 from workers import device as dev
-from workers.trainer_base import RankWorker, last_token_scores, load_value_model
+from workers.forwards import last_token_scores, load_value_model
+from workers.trainer_base import RankWorker
 
 _EPS = 1e-6
 
@@ -34,6 +36,7 @@ class RewardModelWorker(RankWorker):
         self.model = load_value_model(self.model_path, self.seed, dtype).to(self.device).eval()
         self.model.requires_grad_(False)
 
+    @traced("reward")
     @torch.no_grad()
     def score(self, batch: Batch) -> Tensor:
         """Sequence scores of this rank's rows. Shape: (b, P+R) -> (b,) float32 on CPU.

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from rlhf.algorithms import bradley_terry_loss, last_token_index
+from rlhf.algorithms import bradley_terry_loss
 from rlhf.batch import Batch
-from workers.trainer_base import DeepSpeedTrainer, load_value_model, micro_batches
+from workers.forwards import last_token_scores, load_value_model, micro_batches
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class RewardTrainerWorker(DeepSpeedTrainer):
@@ -30,10 +31,7 @@ class RewardTrainerWorker(DeepSpeedTrainer):
 
     def _scores(self, batch: Batch) -> Tensor:
         """Head output at the last real token of each row. Shape: (b, P+R) -> (b,) float32."""
-        attn = batch.attention_mask.to(self.device)
-        logits = self.engine(input_ids=batch.input_ids.to(self.device), attention_mask=attn,
-                             position_ids=batch.position_ids().to(self.device), use_cache=False).logits
-        return logits[torch.arange(batch.size, device=self.device), last_token_index(attn), 0].float()
+        return last_token_scores(self.engine, batch, device=self.device, packed=self.packing)
 
     def train_step(self, batch: Batch, margin: float = 0.0) -> dict[str, float]:
         """One optimizer step on this rank's pairs; same metrics on every rank."""

@@ -27,6 +27,7 @@ from dataclasses import asdict, is_dataclass
 
 from rlhf.config.schema import AgentSection, RolloutSection
 from rlhf.seeds import derive_seed
+from rlhf.trace import Traced, traced
 from workers import device as dev
 from workers.partial import UPDATE_GROUP, EngineRequests, UpdateGate
 
@@ -95,7 +96,7 @@ def whole_prefills(model_path: str) -> dict:
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_len, 8192)}
 
 
-class RolloutWorker:
+class RolloutWorker(Traced):
     # rollout.partial resume: the sync's calls run beside a generation (workers/partial.py)
     RAY_OPTIONS = {"concurrency_groups": {UPDATE_GROUP: 1}}
 
@@ -130,6 +131,7 @@ class RolloutWorker:
         self._gate = UpdateGate()  # weight updates between engine steps
 
     # ---------------------------------------------------------------- sampling
+    @traced("generate")
     def generate(self, prompt_token_ids: list[list[int]], *, n: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, max_new_tokens: int,
                  stop_token_ids=(), seed: int | None = None, ignore_eos: bool = False) -> dict:
@@ -173,6 +175,7 @@ class RolloutWorker:
         return {"response_ids": response_ids, "logprobs": logprobs, "token_versions": versions,
                 "finish_reasons": finish, "weight_version": self._version}
 
+    @traced("generate")
     def run_agent(self, prompt_token_ids: list[list[int]], samples: list[dict], *, n: int, temperature: float,
                   top_p: float = 1.0, top_k: int = -1, max_new_tokens: int, stop_token_ids=(),
                   seed: int | None = None, chat: bool = False, agent: dict | None = None) -> dict:
@@ -206,6 +209,7 @@ class RolloutWorker:
                                [samples[k // n] for k in range(count)], sampling, seeds)
         return {"trajectories": results, "weight_version": self._version}
 
+    @traced("logprobs")
     def score_sequences(self, prompt_token_ids: list[list[int]], response_token_ids: list[list[int]]) -> list[list[float]]:
         """vLLM's log-probs (T = 1) of each given response token after its prompt."""
         from vllm import SamplingParams
@@ -272,6 +276,7 @@ class RolloutWorker:
                 "dtype": str(config.model_config.dtype).removeprefix("torch."),
                 "start_seconds": self.start_seconds}
 
+    @traced("sleep")
     def sleep(self, level: int = 1) -> dict:
         """GPU: free the engine's memory while the trainer runs. Level 2 drops the weights
         too (no host copy): for when a weight sync follows anyway; level 1 keeps them in host
@@ -287,6 +292,7 @@ class RolloutWorker:
         self._sleeping = True
         return {"slept": True, "freed_gib": min(a - b for a, b in zip(after, before)) / 2**30}
 
+    @traced("sleep")
     def wake_up(self, tags: list[str] | None = None) -> bool:
         """Reallocate what `sleep` freed: `tags` ["weights"] first (then sync into them),
         ["kv_cache"] after the sync, so the KV cache and a sync's buffers never coexist;
@@ -305,6 +311,7 @@ class RolloutWorker:
     def init_weight_receiver(self, spec: dict) -> list[int]:
         return self.llm.collective_rpc("rlhf_init_receiver", args=(spec,))
 
+    @traced("sync")
     def receive_bucket(self, meta: dict) -> int:
         """Load one bucket; the first pauses the generations in flight (rollout.partial resume:
         this runs beside them) until `finish_weight_update`."""
@@ -316,6 +323,7 @@ class RolloutWorker:
             self._gate.end_update()  # a failed sync must not leave the generations paused
             raise
 
+    @traced("sync")
     def finish_weight_update(self, version: int) -> dict:
         """Close the update, drop KV blocks computed with old weights, adopt `version`; the
         paused generations go on with it."""
@@ -331,6 +339,7 @@ class RolloutWorker:
                 "tensors": min(r["tensors"] for r in reports)}
 
     # ---------------------------------------------------------------- weight sync of a LoRA adapter
+    @traced("sync")
     def load_adapter(self, tensors: dict, config: dict, version: int) -> dict:
         """Serve the adapter `tensors` (peft's names; `config`: its adapter_config.json) as
         weight version `version`: written to a per-version folder in shared memory, loaded
@@ -364,6 +373,7 @@ class RolloutWorker:
         return {"version": version, "loras": sorted(self.llm.llm_engine.list_loras())}
 
     # ---------------------------------------------------------------- weight sync by vLLM's engines (GPU)
+    @traced("sync")
     def vllm_weight_update(self, method: str, payload: dict | None = None) -> bool:
         """One step of vLLM's weight-update protocol on every worker of this engine
         (`workers.vllm_transfer.RolloutClient` drives it); the update's end drops the KV

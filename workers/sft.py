@@ -12,7 +12,8 @@ from torch import Tensor
 
 from rlhf.algorithms import masked_sum
 from rlhf.batch import Batch
-from workers.trainer_base import DeepSpeedTrainer, load_causal_lm, micro_batches, response_logprobs
+from workers.forwards import load_causal_lm, micro_batches, response_logprobs
+from workers.trainer_base import DeepSpeedTrainer
 
 
 class SFTWorker(DeepSpeedTrainer):
@@ -24,7 +25,7 @@ class SFTWorker(DeepSpeedTrainer):
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One optimizer step on this rank's part of the global batch; same metrics on every rank."""
         def loss_fn(mb: Batch, n_tokens: Tensor, n_seqs: Tensor, stats) -> Tensor:
-            logprobs, _ = response_logprobs(self.engine, mb, 1.0, device=self.device)
+            logprobs, _ = response_logprobs(self.engine, mb, 1.0, device=self.device, packed=self.packing)
             loss = masked_sum(-logprobs, mb.response_mask.to(self.device)) / n_tokens
             stats.add("share", "sft/loss", loss.detach())
             return loss
@@ -38,7 +39,7 @@ class SFTWorker(DeepSpeedTrainer):
         self.engine.eval()
         total = torch.zeros(2, dtype=torch.float64)
         for mb in micro_batches(batch, self.train_cfg.micro_batch_size):
-            logprobs, _ = response_logprobs(self.engine, mb, 1.0, device=self.device)
+            logprobs, _ = response_logprobs(self.engine, mb, 1.0, device=self.device, packed=self.packing)
             mask = mb.response_mask.to(self.device)
             total += torch.stack([masked_sum(-logprobs, mask), mask.sum()]).double().cpu()
         return total

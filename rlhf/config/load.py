@@ -11,6 +11,7 @@ as a ConfigError that names the key.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from pathlib import Path
 from typing import Sequence
@@ -190,7 +191,8 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 
 def _check_agent(cfg: RunConfig) -> None:
-    """The environment and tools load (a bad spec fails here, before anything starts)."""
+    """The environment and tools load (a bad spec fails here, before anything starts); their
+    files become absolute paths, so every rollout worker loads the same ones whatever its cwd."""
     agent = cfg.rollout.agent
     if not agent.enabled:
         return
@@ -214,6 +216,9 @@ def _check_agent(cfg: RunConfig) -> None:
             load_tool(spec)
         except Exception as err:  # noqa: BLE001 - a bad tool spec or file, named by its key
             raise ConfigError(f"config key 'rollout.agent.tools[{i}]': {err}") from None
+    from rlhf.agent.env import resolve_agent_specs
+
+    cfg.rollout.agent = resolve_agent_specs(agent, os.getcwd())
 
 
 def _check_overlap(cfg: RunConfig) -> None:

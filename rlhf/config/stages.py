@@ -27,6 +27,12 @@ class StageBatchSection:
     """The two batch sizes `workers.trainer_base.DeepSpeedTrainer` reads."""
     mini_batch_size: int = positive(32)  # sequences per optimizer step (over all ranks)
     micro_batch_size: int = positive(16)  # sequences per forward/backward on one rank
+    # a micro-batch's sequences in one row, attention confined to each (rlhf.packing, as the
+    # PPO train.packing); "auto": when it does no more work than padding
+    packing: str = one_of("auto", "always", "never")
+    # > 0: micro-batches of at most this many tokens instead of micro_batch_size rows (SFT only:
+    # a preference stage keeps each pair in one micro-batch)
+    max_tokens_per_micro_batch: int = non_negative(0)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class PreferenceDataSection:
 class RMTrainSection:
     mini_batch_size: int = positive(16)  # PAIRS per optimizer step (over all ranks); 2 sequences each
     micro_batch_size: int = positive(8)  # pairs per forward/backward on one rank
+    packing: str = one_of("auto", "always", "never")  # as SFT's train.packing
     margin: float = non_negative(0.0)  # Bradley-Terry margin m in -log sigmoid(r_c - r_r - m)
 
 
@@ -90,13 +97,15 @@ class RMConfig:
     @property
     def batch(self) -> StageBatchSection:
         """A pair is two sequences (chosen, rejected) side by side in the batch."""
-        return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size)
+        return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size,
+                                 packing=self.train.packing)
 
 
 @dataclass
 class DPOTrainSection:
     mini_batch_size: int = positive(16)  # PAIRS per optimizer step (over all ranks); 2 sequences each
     micro_batch_size: int = positive(8)  # pairs per forward/backward on one rank
+    packing: str = one_of("auto", "always", "never")  # as SFT's train.packing
     loss: str = one_of("sigmoid", "ipo", "cdpo")  # rlhf.algorithms.DPO_LOSSES: DPO | IPO | label-smoothed (cDPO)
     beta: float = positive(0.1)        # KL strength: r = beta * (log pi - log pi_ref); IPO: its tau
     label_smoothing: float = in_range(0.0, 0, 0.5, high_open=True)  # cdpo: probability a label is flipped
@@ -115,7 +124,8 @@ class DPOConfig:
     @property
     def batch(self) -> StageBatchSection:
         """A pair is two sequences (chosen, rejected) side by side in the batch."""
-        return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size)
+        return StageBatchSection(2 * self.train.mini_batch_size, 2 * self.train.micro_batch_size,
+                                 packing=self.train.packing)
 
 
 STAGE_SCHEMAS = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig}

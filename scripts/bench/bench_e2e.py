@@ -2,7 +2,9 @@
 
 Both sides train the benchmark model (~24M-param Qwen2, common.py) on the tiny
 arithmetic prompts with the same group size, prompts per step, response length
-(every response runs to the budget: the model cannot emit EOS), learning rate,
+(every response runs to the budget: the model cannot emit EOS; `--workload long_tail`: a
+variant of the model whose responses end at EOS with long-tailed lengths, common.LONG_TAIL_SPEC,
+its length histogram reported), learning rate,
 clipping (0.2 / 0.28), KL-in-loss coefficient (k3, so both run a reference model),
 loss aggregation (per-sequence token mean), reward (bench_reward.py), one optimizer
 step per GRPO step and the same number of steps.
@@ -66,6 +68,7 @@ class E2ESettings:
     clip_low: float = 0.2
     clip_high: float = 0.28
     seed: int = 1
+    workload: str = "fixed"     # common.WORKLOADS: "fixed" (every response runs to the budget) | "long_tail"
 
     @property
     def sequences(self) -> int:
@@ -75,7 +78,7 @@ class E2ESettings:
 def our_overrides(s: E2ESettings) -> list[str]:
     """recipes/grpo_tiny.yaml overrides that match the settings (also used by bench_scaling.py)."""
     reward = f"{HERE / 'bench_reward.py'}:arithmetic_with_digit_bonus"
-    return [f"model.policy={common.bench_model_path()}", "data.eval_path=null", f"rollout.n={s.n}",
+    return [f"model.policy={common.bench_model_path(s.workload)}", "data.eval_path=null", f"rollout.n={s.n}",
             f"rollout.max_new_tokens={s.max_new_tokens}", f"train.prompts_per_step={s.prompts_per_step}",
             f"train.mini_batch_size={s.sequences}", f"train.micro_batch_size={s.micro_batch}", "train.ppo_epochs=1",
             f"actor.lr={s.lr}", f"algorithm.kl.loss_coef={s.kl_coef}", f"algorithm.clip_low={s.clip_low}",
@@ -170,7 +173,7 @@ def run_trl(s: E2ESettings, work: Path, setting: dict) -> dict:
     from rlhf.tiny import resolve
 
     python = trl_venv()
-    settings = {"model_path": common.bench_model_path(), "prompts_path": resolve("tiny:arith_train"),
+    settings = {"model_path": common.bench_model_path(s.workload), "prompts_path": resolve("tiny:arith_train"),
                 "num_prompts": 4096, "steps": s.steps, "micro_batch": s.micro_batch,
                 "grad_accum": s.sequences // s.micro_batch, "n": s.n, "max_new_tokens": s.max_new_tokens,
                 "lr": s.lr, "kl_coef": s.kl_coef, "clip_low": s.clip_low, "clip_high": s.clip_high,
@@ -200,6 +203,7 @@ SIDES = {
     "ours": lambda s, work: run_ours(s, work, []),
     "ours_one_thread": lambda s, work: run_ours(s, work, ["cluster.torch_threads=1"]),
     "ours_separate_logprobs": lambda s, work: run_ours(s, work, ["train.old_logprobs_from_update=false"]),
+    "ours_no_packing": lambda s, work: run_ours(s, work, ["train.packing=never"]),
     "trl": lambda s, work: run_trl(s, work, TRL_SETTING),
     "trl_default_checkpointing": lambda s, work: run_trl(s, work, {**TRL_SETTING, "gradient_checkpointing": True}),
     "trl_bf16_weights": lambda s, work: run_trl(s, work, {**TRL_SETTING, "weights_dtype": "bfloat16"}),
@@ -209,6 +213,10 @@ SIDES = {
 
 def run(s: E2ESettings, sides: list[str]) -> dict:
     out = {"settings": {**dataclasses.asdict(s), "sequences": s.sequences}, "sides": {}}
+    if s.workload != "fixed":  # the shape of the work: one sampled response per prompt, HF generate
+        out["response_lengths"] = common.response_length_histogram(
+            common.bench_model_path(s.workload), common.arithmetic_prompts(s.sequences), s.max_new_tokens)
+        print(f"[bench] e2e {s.workload} response lengths: {out['response_lengths']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
         for name in sides:
             work = Path(tmp) / name
@@ -239,7 +247,11 @@ def report(result: dict) -> str:
              startup_seconds(side), side["first_step_seconds"], side["peak_rss_gib"]]
             for name, side in result["sides"].items()]
     head = (f"GRPO, {st['prompts_per_step']} prompts x {st['n']} samples x {st['max_new_tokens']} tokens per step, "
-            f"{st['steps']} steps, lr {st['lr']}")
+            f"{st['steps']} steps, lr {st['lr']}, workload {st.get('workload', 'fixed')}")
+    if "response_lengths" in result:
+        h = result["response_lengths"]
+        head += (f"\nresponse lengths (tokens, {h['samples']} samples): {h['bins']}, mean {h['mean']:.1f}, "
+                 f"median {h['median']}, real tokens {h['real_token_fraction']:.0%} of the padded batch")
     lines = [head, common.format_table(["e2e", "s / step", "gen. tokens/s", "x TRL", "command -> step 1 starts s",
                                         "-> step 1 ends s", "peak RSS GiB"], rows)]
     for name, side in result["sides"].items():
@@ -258,12 +270,15 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--micro-batch", type=int, default=defaults.micro_batch)
     parser.add_argument("--sides", default="ours,ours_one_thread,ours_separate_logprobs,trl", help=f"comma list of {sorted(SIDES)}")
+    parser.add_argument("--workload", choices=sorted(common.WORKLOADS), default="fixed",
+                        help="fixed: every response runs to the budget; long_tail: responses end at EOS, long-tailed")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args()
     s = E2ESettings(prompts_per_step=args.prompts_per_step, n=args.n, max_new_tokens=args.max_new_tokens,
-                    micro_batch=min(args.micro_batch, args.prompts_per_step * args.n), steps=args.steps)
+                    micro_batch=min(args.micro_batch, args.prompts_per_step * args.n), steps=args.steps,
+                    workload=args.workload)
     result = run(s, args.sides.split(","))
-    common.save_result("e2e", result, args.out_dir)
+    common.save_result("e2e" if args.workload == "fixed" else f"e2e-{args.workload}", result, args.out_dir)
     print(report(result))
 
 

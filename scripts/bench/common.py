@@ -34,19 +34,27 @@ MODEL_SPEC = {
     "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 1024,
     "special_logit_scale": 200.0,
 }
+# The long-tail workload's model: the same, but EOS is reachable. Its ordinary tokens fall
+# into three "modes" (shares of the vocabulary) that a response tends to stay in (mode_stay
+# per token), each with its own EOS hazard per token: most responses end within a few
+# tokens, some run tens, a few reach the budget, as reasoning RL's lengths do
+# (`eos_with_sticky_modes`; the histogram is in every long-tail result).
+LONG_TAIL_SPEC = {**MODEL_SPEC, "eos_modes": [[0.55, 0.12], [0.3, 0.03], [0.15, 0.004]], "mode_stay": 0.98}
+WORKLOADS = {"fixed": MODEL_SPEC, "long_tail": LONG_TAIL_SPEC}
 
 
 # ==================================================================== the model
-def bench_model_path() -> str:
-    """Path of the benchmark Qwen2 model (built on first use, ~10 s)."""
-    digest = hashlib.sha256(json.dumps(MODEL_SPEC, sort_keys=True).encode()).hexdigest()[:10]
+def bench_model_path(workload: str = "fixed") -> str:
+    """Path of the benchmark Qwen2 model of `workload` (WORKLOADS; built on first use, ~10 s)."""
+    spec = WORKLOADS[workload]
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     path = CACHE_DIR / f"qwen2-bench-{digest}"
     if not (path / "COMPLETE").exists():
-        _build_bench_model(path)
+        _build_bench_model(path, spec)
     return str(path)
 
 
-def _build_bench_model(path: Path) -> None:
+def _build_bench_model(path: Path, spec: dict) -> None:
     import fcntl
     import shutil
 
@@ -60,7 +68,6 @@ def _build_bench_model(path: Path) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (path / "COMPLETE").exists():
             return
-        spec = MODEL_SPEC
         tok = AutoTokenizer.from_pretrained(resolve("tiny:policy"))
         config = Qwen2Config(
             vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -69,9 +76,12 @@ def _build_bench_model(path: Path) -> None:
                                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings")})
         torch.manual_seed(spec["seed"])
         model = Qwen2ForCausalLM(config).float()
-        specials = sorted({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id})
+        specials = sorted({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id} - ({tok.eos_token_id}
+                                                                                   if "eos_modes" in spec else set()))
         never_emit_specials(model, specials, spec["special_logit_scale"])
-        _check_specials_unreachable(model, specials, len(tok))
+        _check_specials_unreachable(model, specials, config.vocab_size)
+        if "eos_modes" in spec:
+            eos_with_sticky_modes(model, tok, spec["eos_modes"], spec["mode_stay"], seed=spec["seed"])
         model.generation_config.pad_token_id = tok.pad_token_id
         tmp = path.with_name(path.name + ".building")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,6 +111,69 @@ def never_emit_specials(model, token_ids: list[int], scale: float) -> None:
         for t in token_ids:
             model.lm_head.weight[t].zero_()
             model.lm_head.weight[t, d] = -scale
+
+
+def eos_with_sticky_modes(model, tok, modes: list[list[float]], stay: float, seed: int) -> None:
+    """Make EOS reachable with a long-tailed length distribution, by editing the init.
+
+    The ordinary tokens (not the specials, not "=" which ends every prompt) are dealt at
+    random into len(modes) groups, group k holding share_k of them. Group k owns a residual
+    channel that only its tokens' embeddings set (1) and no layer writes to (as in
+    never_emit_specials), so after the final norm it reads ~N at a position whose token is
+    in group k and 0 elsewhere. lm_head reads that channel: the group's own tokens with
+    logit a_k (the next token stays in the group with probability ~`stay`), EOS with z_k
+    (probability ~hazard_k). A response thus picks a mode at its first token and mostly
+    keeps it: lengths are a mixture of geometrics with means 1/hazard_k, capped by the budget."""
+    import math
+
+    inner, hidden = model.model, model.config.hidden_size
+    channels = [hidden - 2 - k for k in range(len(modes))]  # hidden - 1 is never_emit_specials' constant
+    specials = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}
+    neutral = set(tok.convert_tokens_to_ids(["="]))
+    ordinary = [t for t in range(model.config.vocab_size) if t not in specials | neutral]
+    order = torch.randperm(len(ordinary), generator=torch.Generator().manual_seed(seed)).tolist()
+    cuts = [0, *(round(sum(share for share, _ in modes[:k + 1]) * len(ordinary)) for k in range(len(modes)))]
+    groups = [[ordinary[i] for i in order[cuts[k]:cuts[k + 1]]] for k in range(len(modes))]
+    with torch.no_grad():
+        for c, group in zip(channels, groups):
+            inner.embed_tokens.weight[:, c] = 0.0
+            inner.embed_tokens.weight[group, c] = 1.0
+            for layer in inner.layers:
+                layer.self_attn.o_proj.weight[c].zero_()
+                layer.mlp.down_proj.weight[c].zero_()
+        model.lm_head.weight[tok.eos_token_id].zero_()
+        probe = torch.tensor([[groups[0][0]] * 8])
+        scale = float(model.model(input_ids=probe).last_hidden_state[0, -1, channels[0]])  # N
+        for c, group, (_, hazard) in zip(channels, groups, modes):
+            others = model.config.vocab_size - len(specials) - len(group)  # logits ~0 elsewhere
+            a = math.log(stay / (1 - stay) * others / len(group))
+            z = math.log(hazard / (1 - hazard) * (len(group) * math.exp(a) + others))
+            model.lm_head.weight[:, c] = 0.0
+            model.lm_head.weight[group, c] = a / scale
+            model.lm_head.weight[tok.eos_token_id, c] = z / scale
+
+
+def response_length_histogram(model_path: str, prompts: list[str], budget: int, seed: int = 0) -> dict:
+    """Lengths (tokens incl. EOS) of one sampled response per prompt at temperature 1 with
+    HF generate, in bins: the workload's shape, the same for every framework."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, enc))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(e)) + e for e in enc])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), do_sample=True,
+                             max_new_tokens=budget, top_k=0, top_p=1.0, temperature=1.0,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    lengths = [r.index(tok.eos_token_id) + 1 if tok.eos_token_id in r else budget for r in out[:, width:].tolist()]
+    edges = [1, 9, 17, 33, 65, budget, budget + 1]
+    bins = {f"{lo}-{hi - 1}" if hi - 1 > lo else f"={lo}": sum(lo <= n < hi for n in lengths)
+            for lo, hi in zip(edges, edges[1:])}
+    return {"bins": bins, "mean": sum(lengths) / len(lengths), "median": sorted(lengths)[len(lengths) // 2],
+            "real_token_fraction": sum(lengths) / (budget * len(lengths)), "samples": len(lengths)}
 
 
 def _check_specials_unreachable(model, token_ids: list[int], vocab: int) -> None:

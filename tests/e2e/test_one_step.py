@@ -33,7 +33,8 @@ def run(out: Path, *overrides, stop_after: int | None = None) -> Path:
 
 
 def test_one_step_off_policy_trains_on_last_steps_samples_and_resumes_exactly(ray_session, tiny, tmp_path):
-    full = read_metrics(run(tmp_path / "a", "run.total_steps=4"))
+    full_dir = run(tmp_path / "a", "run.total_steps=4")
+    full = read_metrics(full_dir)
     part_dir = tmp_path / "b" / "run"
     run(tmp_path / "b", "run.total_steps=4", f"run.run_dir={part_dir}", stop_after=2)
     assert (part_dir / "checkpoints" / "step-000002" / "buffer.pt").exists()  # step 3's batch, generated in step 2
@@ -53,3 +54,26 @@ def test_one_step_off_policy_trains_on_last_steps_samples_and_resumes_exactly(ra
         assert rb["rollout/weight_version"] == ra["rollout/weight_version"]
         for key in ("actor/pg_loss", "kl/mean", "actor/is_weight_mean"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-3, abs=1e-5), key
+    check_timeline(full_dir, part_dir)
+
+
+def check_timeline(full_dir: Path, resumed_dir: Path) -> None:
+    """trace.json: the engine generates the next batch while the actor trains on this one;
+    the resumed run's trace continues the interrupted one's."""
+    import timeline_checks as tc
+
+    trace = tc.load(full_dir)
+    assert list(trace.windows) == [1, 2, 3, 4]
+    phases = tc.phases_by_step(trace, "controller")
+    assert "generate" in phases[1] and all("generate" not in phases[s] for s in (2, 3, 4))
+    assert all("wait_rollout" in phases[s] for s in (1, 2, 3)) and "wait_rollout" not in phases[4]
+    generate = tc.intervals(trace, "rollout engine 0", "generate")
+    training = [iv for track in ("actor rank 0", "reference rank 0") for phase in ("logprobs", "update")
+                for iv in tc.intervals(trace, track, phase)]
+    for step in (1, 2, 3):  # each launches the next step's batch, which decodes while the trainers work
+        ahead = tc.intervals(trace, "rollout engine 0", "generate", trace.windows[step])[-1:]
+        assert tc.overlap_s(ahead, training) > 0, step
+    assert tc.overlap_s(generate, tc.intervals(trace, "actor rank 0", "update")) > 0
+    resumed = tc.load(resumed_dir)
+    assert list(resumed.windows) == [1, 2, 3, 4]
+    assert resumed.windows[2][1] < resumed.windows[3][0]  # steps 1-2 from the interrupted attempt

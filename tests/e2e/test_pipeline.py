@@ -60,6 +60,27 @@ def test_ppo_tiny_runs_end_to_end(ray_session, tiny, tmp_path):
 
     senders = {int(f.name[len(SHM_PREFIX):].split("-")[0]) for f in Path(shared_memory_dir()).glob(SHM_PREFIX + "*")}
     assert all(_pid_alive(pid) for pid in senders)
+    check_timeline(run_dir)
+
+
+def check_timeline(run_dir):
+    """trace.json of the PPO run above: a track per role and rank, every phase in every
+    step where it belongs, worker spans inside the controller's span of their phase."""
+    import timeline_checks as tc
+    from rlhf.cli import main
+
+    trace = tc.load(run_dir)
+    assert list(trace.windows) == [1, 2]
+    controller = {"generate", "reward", "logprobs_values", "advantages", "update", "sync", "eval", "checkpoint"}
+    per_track = {"controller": controller, "rollout engine 0": {"generate", "sync", "eval"},
+                 "actor rank 0": {"logprobs", "update", "sync", "checkpoint"},
+                 "critic rank 0": {"values", "update", "checkpoint"}, "reference rank 0": {"logprobs"}}
+    for track, phases in per_track.items():
+        assert all(found == phases for found in tc.phases_by_step(trace, track).values()), (track, phases)
+    tc.assert_inside_driver_phases(trace, [t for t in trace.tracks if t != "controller"])
+    out = run_dir / "last2.png"
+    assert main(["timeline", str(run_dir), "--last", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and (run_dir / "timeline.png").exists()  # rlhf plot drew it too
 
 
 def test_critic_warmup_trains_only_the_critic(ray_session, tiny, tmp_path):

@@ -41,6 +41,13 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run_dir)]
 
 
+def timeline_steps(run_dir: Path) -> list[int]:
+    """The steps in trace.json (rlhf.trace), without those rolled back."""
+    from rlhf.trace import load_trace
+
+    return list(load_trace(run_dir).windows)
+
+
 def complete(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}" / "COMPLETE"
 
@@ -113,6 +120,7 @@ def test_dead_worker_restarts_roles_and_resumes_from_last_checkpoint(ray_session
     redone = [json.loads(line)["step"] for line in rolled_back.read_text().splitlines()] if rolled_back.exists() else []
     assert all(step > 2 for step in redone)
     assert complete(run_dir, 4).exists()
+    assert timeline_steps(run_dir) == [1, 2, 3, 4]  # the new roles' trace continues the file
 
 
 def test_hung_worker_times_out_and_the_run_restarts_from_the_last_checkpoint(ray_session, tiny, tmp_path, capsys):
@@ -155,6 +163,7 @@ def test_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(ray
         proc.wait()
     assert complete(run_dir, 1).exists()
     assert 2 in steps_logged(run_dir)  # step 2 was logged before its checkpoint began
+    assert timeline_steps(run_dir) == [1]  # the killed run's trace.json holds its finished step
 
     code = cli(run_dir, "run.total_steps=3", "run.resume=auto")
     out = capsys.readouterr().out
@@ -164,6 +173,7 @@ def test_run_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(ray
     rolled_back = [json.loads(line)["step"] for line in (run_dir / "metrics.rolled_back.jsonl").read_text().splitlines()]
     assert rolled_back == [2]
     assert complete(run_dir, 3).exists() and not staging.exists()
+    assert timeline_steps(run_dir) == [1, 2, 3]
 
 
 # ------------------------------------------------------------------ NaN / Inf

@@ -55,7 +55,7 @@ def test_local_ray_dashboard_binds_loopback(monkeypatch):
 def test_pickled_weights_are_refused(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from workers.trainer_base import load_causal_lm
+    from workers.forwards import load_causal_lm
 
     model = AutoModelForCausalLM.from_pretrained(tiny["policy"])
     folder = tmp_path / "bin_only"  # the pickle-based format only

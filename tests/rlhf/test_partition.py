@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from rlhf.partition import balanced_partition, budget_partition, parts_for_budget
+from rlhf.partition import balanced_partition, budget_partition, equal_count_partition, parts_for_budget
 
 
 def loads(costs, bins):
@@ -68,3 +68,25 @@ def test_budget_partition_oversized_items_alone_and_fixed_parts():
         budget_partition(costs, 100, parts=2)
     with pytest.raises(ValueError, match="budget"):
         budget_partition(costs, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equal_count_partition_deals_tokens_evenly_with_equal_rows(seed):
+    """Data-parallel ranks: exactly n / parts rows each, loads far more even than the
+    contiguous chunks of a long-tailed batch whose long rows sit together."""
+    rng = random.Random(seed)
+    costs = sorted(min(512, int(rng.paretovariate(1.2) * 16)) for _ in range(64))  # long rows last
+    bins = equal_count_partition(costs, 4)
+    assert_exact_cover(bins, 64)
+    assert [len(b) for b in bins] == [16] * 4
+    chunks = [list(range(i * 16, (i + 1) * 16)) for i in range(4)]
+    spread, chunk_spread = max(loads(costs, bins)) - min(loads(costs, bins)), max(loads(costs, chunks)) - min(loads(costs, chunks))
+    assert spread <= max(costs)
+    assert spread < chunk_spread / 4
+
+
+def test_equal_count_partition_known_case_and_refusal():
+    assert equal_count_partition([9, 1, 8, 2], 2) == [[0, 1], [2, 3]]  # 10 and 10
+    assert equal_count_partition([5, 5, 5], 1) == [[0, 1, 2]]
+    with pytest.raises(ValueError, match="do not split into 2 equal parts"):
+        equal_count_partition([1, 2, 3], 2)

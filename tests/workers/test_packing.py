@@ -10,7 +10,7 @@ import torch
 from rlhf.algorithms import masked_sum
 from rlhf.batch import Batch
 from rlhf.packing import pack
-from workers.trainer_base import last_token_scores, response_logprobs, response_values
+from workers.forwards import last_token_scores, response_logprobs, response_values
 
 CPU = torch.device("cpu")
 PAIRS = [("12+34=", "46"), ("5+6=", "11"), ("70+29=", "99"), ("3+4=", "7"),
@@ -45,14 +45,14 @@ def batch(tok):
 
 @pytest.fixture(scope="module")
 def policy(tiny):
-    from workers.trainer_base import load_causal_lm
+    from workers.forwards import load_causal_lm
 
     return load_causal_lm(tiny["policy"]).eval()
 
 
 @pytest.fixture(scope="module")
 def scorer(tiny):
-    from workers.trainer_base import load_value_model
+    from workers.forwards import load_value_model
 
     return load_value_model(tiny["scorer"], seed=0).eval()
 

@@ -303,6 +303,7 @@ def test_packed_token_budget_updates_equal_padded_on_1_and_2_ranks(ray_session, 
             train_cfg=train, seed=0, dtype="fp32"))
 
     padded, packed1, packed2 = group_of(1, False, "padded1"), group_of(1, True, "packed1"), group_of(2, True, "packed2")
+    packed2.balance_rows = True  # as rlhf.roles sets it for packed runs: ranks get rows by real tokens
     try:
         mask = batch.response_mask.bool()
         old = padded.run_split("compute_logprobs", batch, temperature=1.0)
@@ -312,17 +313,22 @@ def test_packed_token_budget_updates_equal_padded_on_1_and_2_ranks(ray_session, 
         # the plans: within the budget, not the fixed 2-row chunks, as many on both ranks
         costs = batch.attention_mask.sum(-1)
         plan1 = packed1.gather(packed1.call_split("train_micro_batches", batch))[0]
-        plans2 = packed2.gather(packed2.call_split("train_micro_batches", batch))
-        for plan in [plan1, *plans2]:
-            assert all(int(costs[idx].sum()) <= BUDGET for idx in plan)
+        refs = packed2.call_split("train_micro_batches", batch)
+        plans2 = packed2.gather(refs)
+        # a rank's plan indexes its own rows: the batch rows of rank r are its share of refs.order
+        for rows, plan in [(torch.arange(batch.size), plan1), *zip(refs.order.split(batch.size // 2), plans2)]:
+            assert all(int(costs[rows[idx]].sum()) <= BUDGET for idx in plan)
         assert sorted(len(idx) for idx in plan1) != [2, 2, 2, 2]
         assert len(plans2[0]) == len(plans2[1])
 
         train_batch = _with_advantages(batch, old)
         m_padded = padded.gather(padded.call_split("update", train_batch, temperature=1.0))[0]
         m_packed1 = packed1.gather(packed1.call_split("update", train_batch, temperature=1.0))[0]
-        results = packed2.gather(packed2.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0))
-        m_packed2, old2 = results[0][0], torch.cat([r[1] for r in results])
+        refs = packed2.call_split("update_on_policy", _with_advantages(batch, None), temperature=1.0)
+        rank_tokens = [int(costs[i].sum()) for i in refs.order.split(batch.size // 2)]
+        assert max(rank_tokens) - min(rank_tokens) <= int(costs.max())  # dealt by tokens, not contiguous chunks
+        results = packed2.gather(refs)
+        m_packed2, old2 = results[0][0], packed2.rows_in_order(refs, [r[1] for r in results])
         torch.testing.assert_close(old2[mask], old[mask], atol=2e-5, rtol=1e-5)
         for m in (m_packed1, m_packed2):
             assert m["actor/pg_loss"] == pytest.approx(m_padded["actor/pg_loss"], abs=1e-6)
@@ -397,7 +403,7 @@ def test_worker_error_names_role_rank_and_method_quickly(actor_z2, batch):
 def test_value_model_reuses_scorer_head_and_seeds_new_head(paths):
     from transformers import AutoModelForSequenceClassification
 
-    from workers.trainer_base import load_value_model
+    from workers.forwards import load_value_model
 
     scorer = AutoModelForSequenceClassification.from_pretrained(paths["scorer"], dtype=torch.float32)
     from_scorer = load_value_model(paths["scorer"], seed=0)
