@@ -309,12 +309,14 @@ class Timing:
 
 # Host-side work outside the model's FLOPs, per sequence, fitted (not derived) as the residual
 # of measured over predicted phase times of the tiny GRPO run (tests/e2e/test_plan_vs_run.py,
-# 128 sequences, 2026-12-05, AMD EPYC AVX2-only at load ~4): vLLM's per-request handling
-# (seeded sampling, log-probs, detokenisation; generate 0.91 s of which 0.14 s FLOPs) and a
-# trainer call's per-row work (batch transfer, micro-batch plan, log-prob gather; 0.25 s
-# of which 0.12 s FLOPs). Applied on CPU only; the 24M benchmark model checks them (BENCHMARKS.md).
-ENGINE_SECONDS_PER_SEQUENCE = 0.006
-TRAINER_SECONDS_PER_ROW = 0.001
+# 128 sequences, AMD EPYC AVX2-only): vLLM's per-request handling (seeded sampling, log-probs,
+# detokenisation) and a trainer call's per-row work (batch transfer, micro-batch plan, log-prob
+# gather). On the quiet machine (2026-12-06) the residuals were ~1.2 ms per engine sequence
+# (generate 0.27 s, of which 0.12 s FLOPs) and ~0.2 ms per trainer row; at load average ~4 they
+# were ~6 ms and ~1 ms: host work suffers contention most. These are the quiet figures. Applied on
+# CPU only; the 24M benchmark model checks them (BENCHMARKS.md).
+ENGINE_SECONDS_PER_SEQUENCE = 0.0015
+TRAINER_SECONDS_PER_ROW = 0.0003
 SMALL_TRAINER_PARAMS = 5_000_000  # workers.trainer_base.MIN_PARAMS_FOR_THREADS: smaller ones train on one thread
 
 
