@@ -38,7 +38,7 @@ def refused(code: int, capsys, needle: str, runs: Path) -> str:
     """Exit 2, one stderr line `rlhf: ...` containing `needle`, no traceback, no run directory."""
     err = capsys.readouterr().err
     # lines Ray forwards late from an earlier test's worker processes ("(RolloutWorker pid=..) ...")
-    lines = [line for line in err.strip().splitlines() if not RAY_FORWARDED.match(line)]
+    lines = [line for line in err.strip().split("\n") if not RAY_FORWARDED.match(line)]
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("rlhf: ") and needle in lines[0], err
     assert not runs.exists() or not any(runs.iterdir()), list(runs.iterdir())
